@@ -1,0 +1,191 @@
+"""The DFM model: a denoiser that outputs *signals*, a forward model that observes them, a schedule.
+
+``DFM.forward(batch)`` is the training objective (DESIGN.md §1), read top to bottom:
+
+    batch -> noise the target -> denoise -> signal -> forward(target params), forward(novel params)
+          -> target + novel + regulariser losses
+
+``DFM.sample(...)`` runs any sampler of ``dfm.samplers`` over the target observation, where each
+step's clean estimate is ``forward(denoise(context, x_t, t), target params)``, and returns the final
+observation together with the signal that produced it.
+
+A batch is a dict with the keys ``ctxt_obs``, ``ctxt_params``, ``trgt_obs``, ``trgt_params`` and
+optionally ``novel_obs``, ``novel_params``; observations are tensors with the batch first, params
+are whatever the denoiser and forward model accept.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, NamedTuple, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from dfm.diffusion import NoiseSchedule
+from dfm.samplers import SAMPLERS
+
+Batch = Mapping[str, Any]
+
+
+class Denoiser(Protocol):
+    """Maps (context observations, noisy target observation, t) to a *signal*, not to pixels."""
+
+    def __call__(self, ctxt_obs: Tensor, ctxt_params: Any, noisy_obs: Tensor, t: Tensor, trgt_params: Any) -> Any: ...
+
+
+class ForwardModel(Protocol):
+    """A known, differentiable, batched map from a signal and parameters to an observation."""
+
+    def __call__(self, signal: Any, params: Any) -> Tensor: ...
+
+
+class Regularizer(Protocol):
+    """A task's extra loss term, given the signal, the batch and the rendered predictions."""
+
+    def __call__(self, signal: Any, batch: Batch, predictions: Mapping[str, Tensor]) -> Tensor: ...
+
+
+class Sample(NamedTuple):
+    observation: Tensor  # the sampled target observation
+    signal: Any  # the signal whose observation it is (denoiser output at the last step)
+
+
+def drop_context(ctxt_obs: Tensor, keep: Tensor) -> Tensor:
+    """Zero the context of the samples where ``keep`` is False (classifier-free guidance)."""
+    return ctxt_obs * keep.to(ctxt_obs.dtype).view(-1, *([1] * (ctxt_obs.ndim - 1)))
+
+
+class DFM(nn.Module):
+    """Diffusion with a forward model.
+
+    Args:
+        denoiser: module mapping (ctxt_obs, ctxt_params, noisy_obs, t, trgt_params) to a signal.
+        forward_model: module/callable mapping (signal, params) to an observation.
+        schedule: the noise schedule over target observations (cosine, 1000 steps by default).
+        loss_weights: weight per named loss; ``target`` and ``novel`` default to 1, a regulariser
+            without a weight gets 1. A zero weight skips the term entirely.
+        regularizers: named extra loss terms (``Regularizer``).
+        p_uncond: probability, per sample, of zeroing the context during training so that the
+            same network also learns the unconditional model used by guidance.
+        deterministic: train a plain regressor with the same network instead of a diffusion model:
+            the denoiser always sees an all-zero target at the highest noise level, so it learns
+            the posterior mean of the signal; sampling returns that mean.
+    """
+
+    def __init__(
+        self,
+        denoiser: nn.Module,
+        forward_model: Callable[[Any, Any], Tensor],
+        schedule: NoiseSchedule | None = None,
+        *,
+        loss_weights: Mapping[str, float] | None = None,
+        regularizers: Mapping[str, Regularizer] | None = None,
+        p_uncond: float = 0.1,
+        deterministic: bool = False,
+    ):
+        super().__init__()
+        self.denoiser = denoiser
+        self.forward_model = forward_model
+        self.schedule = schedule if schedule is not None else NoiseSchedule()
+        self.regularizers = dict(regularizers or {})
+        self.loss_weights = {"target": 1.0, "novel": 1.0, **{k: 1.0 for k in self.regularizers}}
+        unknown = set(loss_weights or {}) - set(self.loss_weights)
+        if unknown:
+            raise ValueError(f"loss weights for unknown terms {sorted(unknown)}; terms: {sorted(self.loss_weights)}")
+        self.loss_weights.update(loss_weights or {})
+        self.p_uncond = p_uncond
+        self.deterministic = deterministic
+
+    def forward(self, batch: Batch, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """The training objective: a dict of named losses, with their weighted sum under ``loss``."""
+        trgt = batch["trgt_obs"]
+        n, device = trgt.shape[0], trgt.device
+
+        ctxt = batch["ctxt_obs"]
+        if self.p_uncond > 0:
+            keep = torch.rand(n, generator=generator, device=device) >= self.p_uncond
+            ctxt = drop_context(ctxt, keep)
+
+        if self.deterministic:
+            t = torch.full((n,), self.schedule.num_steps - 1.0, device=device)
+            noisy = torch.zeros_like(trgt)
+        else:
+            t = self.schedule.sample_timesteps(n, generator, device)
+            noise = torch.randn(trgt.shape, generator=generator, device=device, dtype=trgt.dtype)
+            noisy = self.schedule.add_noise(trgt, t, noise)
+
+        signal = self.denoiser(ctxt, batch["ctxt_params"], noisy, t, batch["trgt_params"])
+
+        predictions = {"target": self.forward_model(signal, batch["trgt_params"])}
+        losses = {"target": F.mse_loss(predictions["target"], trgt)}
+        if self.loss_weights["novel"] and "novel_obs" in batch:
+            predictions["novel"] = self.forward_model(signal, batch["novel_params"])
+            losses["novel"] = F.mse_loss(predictions["novel"], batch["novel_obs"])
+        for name, regularizer in self.regularizers.items():
+            if self.loss_weights[name]:
+                losses[name] = regularizer(signal, batch, predictions)
+
+        losses["loss"] = sum(self.loss_weights[k] * v for k, v in losses.items())
+        return losses
+
+    @torch.no_grad()
+    def sample(
+        self,
+        ctxt_obs: Tensor,
+        ctxt_params: Any,
+        trgt_params: Any,
+        shape: tuple[int, ...],
+        *,
+        steps: int = 50,
+        sampler: str = "ddim",
+        spacing: str = "uniform",
+        guidance: float = 1.0,
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+        callback: Callable[[dict], None] | None = None,
+        progress: bool = False,
+        **sampler_options,
+    ) -> Sample:
+        """Sample target observations of shape ``shape`` (batch first) and their signals.
+
+        ``guidance`` is the classifier-free guidance weight w in
+        ``x0 = x0_uncond + w * (x0_cond - x0_uncond)`` (1 = no guidance); ``temperature`` scales
+        the initial noise. Extra keyword options go to the sampler (e.g. ``eta`` for DDIM).
+        """
+        device = ctxt_obs.device
+        if self.deterministic:
+            t = torch.full((shape[0],), self.schedule.num_steps - 1.0, device=device)
+            signal = self.denoiser(ctxt_obs, ctxt_params, torch.zeros(shape, device=device), t, trgt_params)
+            return Sample(self.forward_model(signal, trgt_params), signal)
+        if sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {sampler!r}; available: {sorted(SAMPLERS)}")
+
+        x0_fn = GuidedX0(self, ctxt_obs, ctxt_params, trgt_params, guidance)
+        x = temperature * torch.randn(shape, generator=generator, device=device)
+        timesteps = self.schedule.sampling_timesteps(steps, spacing)
+        obs = SAMPLERS[sampler](
+            x0_fn, x, timesteps, self.schedule, generator=generator, callback=callback, progress=progress, **sampler_options
+        )
+        return Sample(obs, x0_fn.signal)
+
+
+class GuidedX0:
+    """The sampler's view of a DFM: ``x_t, t -> x0``, with guidance; keeps the last conditional signal."""
+
+    def __init__(self, model: DFM, ctxt_obs: Tensor, ctxt_params: Any, trgt_params: Any, guidance: float):
+        self.model, self.ctxt_obs, self.ctxt_params = model, ctxt_obs, ctxt_params
+        self.trgt_params, self.guidance = trgt_params, guidance
+        self.signal = None
+
+    def _observe(self, ctxt_obs: Tensor, x: Tensor, t: Tensor) -> tuple[Any, Tensor]:
+        t = t.to(x.device).expand(x.shape[0])
+        signal = self.model.denoiser(ctxt_obs, self.ctxt_params, x, t, self.trgt_params)
+        return signal, self.model.forward_model(signal, self.trgt_params)
+
+    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
+        self.signal, x0 = self._observe(self.ctxt_obs, x, t)
+        if self.guidance != 1.0:
+            _, x0_uncond = self._observe(torch.zeros_like(self.ctxt_obs), x, t)
+            x0 = x0_uncond + self.guidance * (x0 - x0_uncond)
+        return x0
