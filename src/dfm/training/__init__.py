@@ -1,0 +1,24 @@
+"""Training: one Trainer for every task, with atomic checkpoints."""
+
+from dfm.training.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    latest_checkpoint,
+    load_checkpoint,
+    load_weights,
+    save_checkpoint,
+)
+from dfm.training.trainer import TrainConfig, Trainer, TrainingError, TrainingInterrupted
+
+__all__ = [
+    "Checkpoint",
+    "CheckpointError",
+    "TrainConfig",
+    "Trainer",
+    "TrainingError",
+    "TrainingInterrupted",
+    "latest_checkpoint",
+    "load_checkpoint",
+    "load_weights",
+    "save_checkpoint",
+]

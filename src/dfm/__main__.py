@@ -1,0 +1,5 @@
+import sys
+
+from dfm.cli import main
+
+sys.exit(main())

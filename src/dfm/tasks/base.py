@@ -1,0 +1,82 @@
+"""What every task provides: a config schema, a model, a dataset, previews and sample outputs.
+
+A task is thin wiring: it chooses a denoiser and a forward model, builds the dataset and writes
+what a user wants to look at. Everything else (objective, sampling, training) is the engine's.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Mapping
+
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from dfm.diffusion import NoiseSchedule
+from dfm.model import DFM, Regularizer
+
+
+@dataclass
+class ObjectiveConfig:
+    """The DFM objective (see ``dfm.model.DFM``)."""
+
+    loss_weights: dict[str, float] = field(default_factory=dict)  # e.g. {novel: 0.0} drops the novel term
+    p_uncond: float = 0.1  # per-sample probability of dropping the context (for guidance)
+    deterministic: bool = False  # train the same network as a plain regressor (baseline)
+    diffusion_steps: int = 1000
+
+
+@dataclass
+class SampleConfig:
+    """How ``dfm sample`` / ``dfm demo`` draw samples."""
+
+    steps: int = 50
+    sampler: str = "ddim"  # ddim | dpmpp_2m
+    spacing: str = "uniform"  # uniform | karras
+    eta: float = 0.0  # DDIM only: 0 deterministic, 1 ancestral
+    guidance: float = 1.0  # classifier-free guidance weight (1 = off)
+    temperature: float = 1.0  # scale of the initial noise
+    num_samples: int = 500
+    seed: int = 0
+
+    def sampler_kwargs(self) -> dict[str, Any]:
+        kwargs = dict(steps=self.steps, sampler=self.sampler, spacing=self.spacing, guidance=self.guidance, temperature=self.temperature)
+        if self.sampler == "ddim":
+            kwargs["eta"] = self.eta
+        return kwargs
+
+
+class Task(ABC):
+    """One application. Subclasses set ``Config`` (a dataclass with ``task``, ``out_dir``,
+    ``objective``, ``train`` and ``sample`` fields plus their own) and implement the methods."""
+
+    Config: ClassVar[type]
+
+    def __init__(self, cfg: Any):
+        self.cfg = cfg
+
+    def make_dfm(
+        self, denoiser: nn.Module, forward_model: Any, schedule: NoiseSchedule, regularizers: Mapping[str, Regularizer] | None = None
+    ) -> DFM:
+        o = self.cfg.objective
+        return DFM(
+            denoiser, forward_model, schedule,
+            loss_weights=dict(o.loss_weights), regularizers=regularizers,
+            p_uncond=o.p_uncond, deterministic=o.deterministic,
+        )
+
+    @abstractmethod
+    def build_model(self) -> DFM: ...
+
+    @abstractmethod
+    def train_dataset(self) -> Dataset: ...
+
+    def preview(self, model: DFM, step: int) -> dict[str, Tensor]:
+        """Images for TensorBoard during training (``(3, H, W)`` in [0, 1])."""
+        return {}
+
+    @abstractmethod
+    def write_samples(self, model: DFM, out_dir: Path) -> list[Path]:
+        """Sample with ``cfg.sample`` and write images/videos/arrays; return the files written."""

@@ -1,0 +1,417 @@
+"""One training loop for every task.
+
+The trainer knows nothing about a model beyond its contract: ``model(batch, generator=g)`` returns a dict
+of scalar losses whose ``"loss"`` entry is minimised (the rest are logged). Calling ``forward`` rather than
+some other method is what lets DistributedDataParallel synchronise gradients.
+
+Reproducibility and exact resumption come from making all training randomness a pure function of
+``(seed, rank, step)``: the loss generator is reseeded every step and the data order is a per-epoch
+permutation derived from the seed. A checkpoint therefore only has to record the step, plus the
+optimizer/scheduler/EMA state, to continue bit-for-bit where it stopped.
+
+The same code runs on a CPU, a GPU, or N processes launched by ``torchrun`` / ``accelerate launch``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import gather_object, send_to_device
+from ema_pytorch import EMA
+from PIL import Image
+from torch import Tensor, nn
+from torch.optim.lr_scheduler import LambdaLR
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.tensorboard import SummaryWriter
+from tqdm.auto import tqdm
+
+from dfm.training.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, load_weights, save_checkpoint
+
+log = logging.getLogger(__name__)
+
+Preview = Callable[[nn.Module, int], Mapping[str, Tensor]]
+
+
+class TrainingError(RuntimeError):
+    """Training cannot continue (e.g. a non-finite loss); no checkpoint was written for the failing step."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGINT/SIGTERM stopped training after a checkpoint of the current step was saved."""
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 10_000
+    batch_size: int = 256  # per process
+    lr: float = 1e-4
+    warmup_steps: int = 500  # linear warm-up, then constant (or cosine decay to 0)
+    cosine_decay: bool = False
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0  # max global grad norm; <= 0 disables clipping (the norm is still logged)
+    ema_decay: float = 0.999  # upper bound of ema_pytorch's warm-up schedule
+    ema_start: int = 0  # the EMA copies the weights until this step, then averages
+    ema_power: float = 2 / 3  # ema_pytorch warm-up: decay = min(ema_decay, 1 - (1 + t) ** -ema_power)
+    checkpoint_every: int = 1000  # <= 0: only at the end (and on interruption)
+    keep_checkpoints: int = 2
+    log_every: int = 50
+    preview_every: int = 1000  # <= 0: only at the end
+    num_workers: int = 0
+    seed: int = 0
+    device: str = "auto"  # "auto" | "cpu" | "cuda" | "mps"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.steps < 0 or self.batch_size < 1 or self.keep_checkpoints < 1:
+            raise ValueError(f"need steps >= 0, batch_size >= 1 and keep_checkpoints >= 1: {self}")
+        if self.device not in ("auto", "cpu", "cuda", "mps"):
+            raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'mps', got {self.device!r}")
+
+
+def _derive_seed(*parts: Any) -> int:
+    """A 63-bit seed for each purpose/rank/step, so independent streams never overlap or correlate."""
+    return int.from_bytes(hashlib.blake2b(repr(parts).encode(), digest_size=8).digest(), "little") >> 1
+
+
+def _lr_factor(step: int, cfg: TrainConfig) -> float:
+    """Scale of the base lr for 0-based update ``step``: the first update already moves (1/warmup)."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if not cfg.cosine_decay:
+        return 1.0
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+class _ShardedBatches:
+    """Endless batch sampler: a fresh permutation each epoch, split between processes.
+
+    The order depends only on (seed, epoch, rank), so resuming needs just the number of batches already
+    taken (``start``). Each process gets the same number of full batches of disjoint indices.
+    """
+
+    def __init__(self, n: int, batch_size: int, rank: int, world: int, seed: int, start: int = 0):
+        self.per_epoch = n // world // batch_size
+        if self.per_epoch == 0:
+            raise ValueError(f"dataset of {n} items cannot fill one batch of {batch_size} on each of {world} processes")
+        self.n, self.batch_size, self.rank, self.world, self.seed, self.start = n, batch_size, rank, world, seed, start
+
+    def __iter__(self) -> Iterator[list[int]]:
+        epoch, skip = divmod(self.start, self.per_epoch)
+        while True:
+            order = torch.Generator().manual_seed(_derive_seed(self.seed, "data", epoch))
+            perm = torch.randperm(self.n, generator=order)
+            mine = perm[self.rank :: self.world]
+            for b in range(skip, self.per_epoch):
+                yield mine[b * self.batch_size : (b + 1) * self.batch_size].tolist()
+            epoch, skip = epoch + 1, 0
+
+
+@contextmanager
+def _stop_requests() -> Iterator[list[int]]:
+    """Turn SIGINT/SIGTERM into a flag checked between steps, so training stops with a checkpoint rather
+    than dying mid-update. Another Ctrl-C a second later aborts at once (an immediate repeat is ignored:
+    under torchrun the workers get the terminal's SIGINT and the launcher's forwarded copy)."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():  # signals can only be caught there
+        yield received
+        return
+    first = [math.inf]
+
+    def handler(signum: int, frame: Any) -> None:
+        if signum == signal.SIGINT and time.monotonic() - first[0] > 1.0:
+            raise KeyboardInterrupt
+        first[0] = min(first[0], time.monotonic())
+        received.append(signum)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def _loss_keys(losses: Any) -> list[str]:
+    if not isinstance(losses, Mapping) or "loss" not in losses:
+        raise TypeError(
+            f"model(batch, generator=g) must return a dict of losses with a 'loss' key, got {type(losses).__name__}"
+        )
+    for k, v in losses.items():
+        if not (isinstance(v, Tensor) and v.numel() == 1):
+            shape = tuple(v.shape) if isinstance(v, Tensor) else ""
+            raise TypeError(f"loss term {k!r} must be a scalar tensor, got {type(v).__name__} {shape}")
+    return ["loss", *(k for k in losses if k != "loss")]
+
+
+def _to_image(img: Tensor) -> np.ndarray:
+    """(3,H,W), (H,W,3), (1,H,W), (H,W,1) or (H,W) in [0,1] -> uint8 (H,W,C)."""
+    img = img.detach().float().cpu()
+    if img.ndim == 2:
+        img = img[..., None]
+    elif img.ndim == 3 and img.shape[0] in (1, 3):
+        img = img.permute(1, 2, 0)
+    if img.ndim != 3 or img.shape[-1] not in (1, 3):
+        raise ValueError(f"preview images must be (3,H,W), (H,W,3) or (H,W), got {tuple(img.shape)}")
+    return (img.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+
+
+def _rng_state(device: torch.device) -> dict[str, Tensor | None]:
+    """Global RNG state of this process: only models that bypass the supplied generator (nn.Dropout) use it."""
+    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+
+
+class Trainer:
+    """AdamW + warm-up, gradient clipping, EMA, TensorBoard, previews and atomic checkpoints.
+
+    ``run_config`` (JSON-able) is stored in every checkpoint so that the model can be rebuilt from it.
+    ``preview(ema_model, step)`` returns named images in [0,1]; it runs on the main process under
+    ``torch.no_grad()`` (use ``torch.enable_grad()`` inside if it needs gradients).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        dataset: Dataset,
+        config: TrainConfig,
+        out_dir: str | Path,
+        run_config: dict[str, Any] | None = None,
+        preview: Preview | None = None,
+    ):
+        self.config, self.dataset, self.preview = config, dataset, preview
+        self.out_dir = Path(out_dir)
+        self.run_config = dict(run_config or {})
+        json.dumps(self.run_config)  # fail now rather than at the first checkpoint
+
+        self.accelerator = Accelerator(cpu=config.device == "cpu")
+        device = self.accelerator.device
+        if config.device not in ("auto", "cpu") and device.type != config.device:
+            raise RuntimeError(f"device {config.device!r} requested, but the available device is {device}")
+        self.model = model.to(device)  # the raw module: checkpoints and EMA use it, training the wrapped one
+        # fused: one kernel for all parameters; PyTorch's per-tensor default is ~100x slower on CPU
+        optimizer = torch.optim.AdamW(
+            model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=device.type in ("cpu", "cuda")
+        )
+        self.scheduler = LambdaLR(optimizer, lambda step: _lr_factor(step, config))
+        self._train_model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        self._ema = EMA(  # built after prepare so that every rank starts from rank 0's broadcast weights
+            self.model,
+            beta=config.ema_decay,
+            update_after_step=config.ema_start,
+            update_every=1,
+            power=config.ema_power,
+            include_online_model=False,
+        )
+        self._ema.ema_model.eval()
+
+    @property
+    def ema_model(self) -> nn.Module:
+        """The EMA copy of the model, for sampling."""
+        return self._ema.ema_model
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    # -- checkpoints ----------------------------------------------------------------------------------
+
+    def _save(self, step: int) -> Path | None:
+        """Collective: every rank contributes its RNG state; only the main process writes."""
+        rng = gather_object([_rng_state(self.accelerator.device)])
+        path = None
+        if self.is_main:
+            train_state = {
+                "step": step,
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "ema": {"step": int(self._ema.step), "initted": bool(self._ema.initted)},
+                "data": {"batches_seen": step, "batch_size": self.config.batch_size, "processes": len(rng)},
+                "rng": rng,
+                "train_config": asdict(self.config),
+            }
+            path = save_checkpoint(
+                self.out_dir,
+                step,
+                model_state=self.model.state_dict(),
+                ema_state=self.ema_model.state_dict(),
+                train_state=train_state,
+                run_config=self.run_config,
+                keep=self.config.keep_checkpoints,
+            )
+        self.accelerator.wait_for_everyone()
+        return path
+
+    def _restore(self, path: Path) -> int:
+        ckpt = load_checkpoint(path)
+        load_weights(self.model, ckpt.model_state, source=str(ckpt.path / "model.safetensors"))
+        load_weights(self.ema_model, ckpt.ema_state, source=str(ckpt.path / "ema.safetensors"))
+        state = ckpt.train_state
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self._ema.step.fill_(state["ema"]["step"])
+            self._ema.initted.fill_(state["ema"]["initted"])
+            rng, step = state["rng"], state["step"]
+            if state["data"]["batch_size"] != self.config.batch_size:
+                log.warning("batch size changed since the checkpoint; the data order will differ")
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"{ckpt.path / 'state.pt'}: unusable training state ({type(e).__name__}: {e})") from e
+        if len(rng) == self.accelerator.num_processes:
+            mine = rng[self.accelerator.process_index]
+            torch.set_rng_state(mine["torch"])
+            if mine["cuda"] is not None and self.accelerator.device.type == "cuda":
+                torch.cuda.set_rng_state(mine["cuda"], self.accelerator.device)
+        else:
+            log.warning(
+                "checkpoint written by %d processes, now %d: global RNG states not restored",
+                len(rng),
+                self.accelerator.num_processes,
+            )
+        if self.is_main:
+            log.info("resuming from %s (step %d)", ckpt.path, step)
+        return step
+
+    # -- training -------------------------------------------------------------------------------------
+
+    def _write_previews(self, writer: SummaryWriter, step: int) -> None:
+        with torch.no_grad():
+            images = self.preview(self.ema_model, step)
+        folder = self.out_dir / "previews"
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, img in images.items():
+            arr = _to_image(img)
+            writer.add_image(f"preview/{name}", arr, step, dataformats="HWC")
+            safe = name.replace("/", "_")
+            Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr).save(folder / f"{safe}-step-{step:06d}.png")
+
+    def _reduce(self, losses: Mapping[str, Tensor], keys: list[str], grad_norm: Tensor, stop: bool) -> list[float]:
+        """Loss terms and grad norm averaged over processes, then the stop flag (> 0 if any rank got a signal).
+
+        The one small all-reduce and host sync per step make every rank see the same values, so all of
+        them stop together on a non-finite value or a signal instead of deadlocking in the next collective.
+        """
+        device = self.accelerator.device
+        terms = [losses[k].detach().float().reshape(1) for k in keys]
+        terms += [grad_norm.detach().float().reshape(1).to(device), torch.tensor([float(stop)], device=device)]
+        return self.accelerator.reduce(torch.cat(terms), reduction="mean").tolist()
+
+    def _log(self, writer: SummaryWriter | None, step: int, means: dict[str, float], lr: float, rate: float) -> None:
+        if writer is None:
+            return
+        for k, v in means.items():
+            writer.add_scalar(f"train/{k}", v, step)
+        writer.add_scalar("train/lr", lr, step)
+        writer.add_scalar("train/steps_per_sec", rate, step)
+
+    def fit(self, resume: bool = False) -> dict[str, Any]:
+        """Train until ``config.steps``. ``resume=True`` continues from the newest checkpoint in ``out_dir``
+        (or starts fresh if there is none); ``resume=False`` refuses to overwrite an existing run.
+
+        Returns the final step, wall time, steps/s and the mean of each loss term and the grad norm over the
+        last log window. Raises TrainingError on a non-finite loss or gradient (nothing saved for that step)
+        and TrainingInterrupted after SIGINT/SIGTERM (the current step saved).
+        """
+        cfg, acc = self.config, self.accelerator
+        found = latest_checkpoint(self.out_dir)
+        if found is not None and not resume:
+            raise FileExistsError(
+                f"{self.out_dir} already has checkpoints ({found.name}); pass resume=True or use a new out_dir"
+            )
+        if resume and found is None and self.is_main:
+            log.info("no checkpoint in %s; starting from scratch", self.out_dir)
+        step = self._restore(found) if resume and found is not None else 0
+        stats: dict[str, Any] = {"step": step, "seconds": 0.0, "steps_per_sec": 0.0}
+        if step >= cfg.steps:
+            return stats
+
+        rank, device = acc.process_index, acc.device
+        loader = DataLoader(
+            self.dataset,
+            batch_sampler=_ShardedBatches(len(self.dataset), cfg.batch_size, rank, acc.num_processes, cfg.seed, step),
+            collate_fn=getattr(self.dataset, "collate_fn", None),
+            num_workers=cfg.num_workers,
+            pin_memory=device.type == "cuda" and cfg.num_workers > 0,  # batches already on the GPU can't be pinned
+            generator=torch.Generator().manual_seed(_derive_seed(cfg.seed, "workers", rank, step)),
+        )
+        generator = torch.Generator(device)
+        clip = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
+        first_step, keys = step, None
+        saved_step = step if step > 0 else None  # the step whose checkpoint is on disk
+        window: dict[str, float] = {}  # sums over the steps since the last log
+        window_steps, window_start = 0, time.perf_counter()
+        t_start = window_start
+
+        with ExitStack() as stack:
+            stop = stack.enter_context(_stop_requests())
+            writer = None
+            if self.is_main:
+                writer = stack.enter_context(SummaryWriter(self.out_dir / "tb", purge_step=step or None))
+            show = cfg.progress and self.is_main
+            bar = stack.enter_context(tqdm(total=cfg.steps, initial=step, disable=not show, dynamic_ncols=True))
+            batches = iter(loader)
+            self._train_model.train()
+            self.optimizer.zero_grad(set_to_none=True)
+            while step < cfg.steps:
+                batch = send_to_device(next(batches), device, non_blocking=True)
+                generator.manual_seed(_derive_seed(cfg.seed, "loss", rank, step))
+                losses = self._train_model(batch, generator=generator)
+                keys = keys or _loss_keys(losses)
+                acc.backward(losses["loss"])
+                grad_norm = acc.clip_grad_norm_(self._train_model.parameters(), clip)
+                *values, stop_flag = self._reduce(losses, keys, grad_norm, bool(stop))
+                named = dict(zip([*keys, "grad_norm"], values))
+                bad = ", ".join(f"{k}={v}" for k, v in named.items() if not math.isfinite(v))
+                if bad:
+                    last = f"last checkpoint: step {saved_step}" if saved_step is not None else "no checkpoint yet"
+                    raise TrainingError(f"non-finite values at step {step + 1}: {bad} (update not applied, {last})")
+                if stop_flag > 0:  # a signal on some rank: drop this step, save the last completed one
+                    self.optimizer.zero_grad(set_to_none=True)
+                    if saved_step != step:
+                        self._save(step)
+                    by = signal.Signals(stop[0]).name if stop else "a signal to another process"
+                    raise TrainingInterrupted(f"stopped by {by} at step {step}; checkpoint saved in {self.out_dir}")
+                lr = self.optimizer.param_groups[0]["lr"]
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self._ema.update()
+                step += 1
+
+                window = {k: window.get(k, 0.0) + v for k, v in named.items()}
+                window_steps += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{named['loss']:.4g}", refresh=False)
+                if (cfg.log_every > 0 and step % cfg.log_every == 0) or step == cfg.steps:
+                    now = time.perf_counter()
+                    means = {k: v / window_steps for k, v in window.items()}
+                    stats.update(means)
+                    self._log(writer, step, means, lr, window_steps / (now - window_start))
+                    window, window_steps, window_start = {}, 0, now
+                if self.preview is not None and self.is_main and (
+                    (cfg.preview_every > 0 and step % cfg.preview_every == 0) or step == cfg.steps
+                ):
+                    self._write_previews(writer, step)
+                if (cfg.checkpoint_every > 0 and step % cfg.checkpoint_every == 0) or step == cfg.steps:
+                    self._save(step)
+                    saved_step = step
+                    if writer is not None:
+                        writer.flush()
+
+        acc.wait_for_everyone()
+        seconds = time.perf_counter() - t_start
+        stats.update(step=step, seconds=seconds, steps_per_sec=(step - first_step) / seconds)
+        return stats

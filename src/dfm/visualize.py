@@ -1,0 +1,47 @@
+"""Turning results into pictures and videos: figures to arrays, image files, GIF/MP4."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import imageio.v3 as iio
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+
+def figure_to_array(fig: plt.Figure) -> np.ndarray:
+    """Render a matplotlib figure to an ``(H, W, 3)`` uint8 array and close it."""
+    fig.canvas.draw()
+    rgb = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    plt.close(fig)
+    return rgb
+
+
+def to_chw(image: np.ndarray) -> torch.Tensor:
+    """uint8 ``(H, W, 3)`` -> float ``(3, H, W)`` in [0, 1], the TensorBoard/preview format."""
+    return torch.from_numpy(image).permute(2, 0, 1).float() / 255
+
+
+def save_image(image: np.ndarray, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    iio.imwrite(path, image)
+    return path
+
+
+def save_video(frames: Sequence[np.ndarray], path: Path, fps: int = 12) -> Path:
+    """Write frames as .gif or .mp4 (by extension); MP4 uses imageio-ffmpeg's bundled ffmpeg."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frames = np.stack(frames)
+    if path.suffix == ".gif":
+        iio.imwrite(path, frames, duration=1000 / fps, loop=0)
+    else:
+        # H.264 players want sizes divisible by 16: pad with white rather than resample
+        h, w = frames.shape[1:3]
+        pad = ((0, 0), (0, -h % 16), (0, -w % 16), (0, 0))
+        iio.imwrite(path, np.pad(frames, pad, constant_values=255), fps=fps, codec="libx264")
+    return path
