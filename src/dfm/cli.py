@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from dfm.config import ConfigError, builtin_configs
-from dfm.training import CheckpointError, TrainingError
+from dfm.training import CheckpointError, TrainingError, TrainingInterrupted
 
 EPILOG = """\
 examples:
@@ -103,6 +103,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return args.func(args)
+    except TrainingInterrupted as e:
+        print(f"dfm {args.command}: {e}; continue with --resume", file=sys.stderr)
+        return 130
+    except FileExistsError as e:
+        print(f"dfm {args.command}: error: {e}. Continue it with --resume, or choose another out_dir=...", file=sys.stderr)
+        return 2
     except (ConfigError, CheckpointError, TrainingError, ValueError, FileNotFoundError) as e:
         print(f"dfm {args.command}: error: {e}", file=sys.stderr)
         return 2

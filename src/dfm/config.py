@@ -71,7 +71,10 @@ def build_config(schema_cls: type, raw: dict, overrides: Sequence[str] = (), ori
             ) from None
         except OmegaConfBaseException as e:
             raise ConfigError(f"{what}: {e}") from None
-    return OmegaConf.to_object(cfg)
+    try:
+        return OmegaConf.to_object(cfg)  # runs the dataclasses' own checks (__post_init__)
+    except (ValueError, OmegaConfBaseException) as e:
+        raise ConfigError(f"{origin} with overrides {list(overrides)}: {e}") from None
 
 
 def to_dict(cfg: Any) -> dict:

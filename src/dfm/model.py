@@ -48,7 +48,7 @@ class Regularizer(Protocol):
 
 class Sample(NamedTuple):
     observation: Tensor  # the sampled target observation
-    signal: Any  # the signal whose observation it is (denoiser output at the last step)
+    signal: Any  # the denoiser's signal at the last step (its conditional branch under guidance)
 
 
 def drop_context(ctxt_obs: Tensor, keep: Tensor) -> Tensor:

@@ -6,6 +6,8 @@ import dataclasses
 from pathlib import Path
 from typing import Sequence
 
+import torch
+
 from dfm.config import build_config, read_yaml, to_dict
 from dfm.model import DFM
 from dfm.tasks import Task, task_class
@@ -30,8 +32,11 @@ def train(task: Task, resume: bool = False, progress: bool = True) -> tuple[Trai
     """Train the task's model with the one trainer; returns the trainer (for its EMA model) and stats."""
     cfg = task.cfg
     train_cfg = dataclasses.replace(cfg.train, progress=progress and cfg.train.progress)
+    with torch.random.fork_rng():  # initial weights from the config's seed, without touching the caller's RNG
+        torch.manual_seed(cfg.train.seed)
+        model = task.build_model()
     trainer = Trainer(
-        task.build_model(), task.train_dataset(), train_cfg, out_dir=cfg.out_dir,
+        model, task.train_dataset(), train_cfg, out_dir=cfg.out_dir,
         run_config=to_dict(cfg), preview=task.preview,
     )
     return trainer, trainer.fit(resume=resume)

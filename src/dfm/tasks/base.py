@@ -16,6 +16,7 @@ from torch.utils.data import Dataset
 
 from dfm.diffusion import NoiseSchedule
 from dfm.model import DFM, Regularizer
+from dfm.samplers import SAMPLERS
 
 
 @dataclass
@@ -40,6 +41,12 @@ class SampleConfig:
     temperature: float = 1.0  # scale of the initial noise
     num_samples: int = 500
     seed: int = 0
+
+    def __post_init__(self) -> None:  # fail at config time, not after training
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"sample.sampler must be one of {sorted(SAMPLERS)}, got {self.sampler!r}")
+        if self.spacing not in ("uniform", "karras"):
+            raise ValueError(f"sample.spacing must be 'uniform' or 'karras', got {self.spacing!r}")
 
     def sampler_kwargs(self) -> dict[str, Any]:
         kwargs = dict(steps=self.steps, sampler=self.sampler, spacing=self.spacing, guidance=self.guidance, temperature=self.temperature)
