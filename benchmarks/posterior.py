@@ -105,7 +105,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--problems", nargs="+", default=["gmm", "manifold"], choices=["gmm", "manifold"])
     p.add_argument("--steps", type=int, default=None, help="training steps per DFM model (default: the config's)")
-    p.add_argument("--regressor-steps", type=int, default=4000)
+    p.add_argument("--regressor-steps", type=int, default=2000)
     p.add_argument("--plain-mlp", action="store_true", help="also train the unpreconditioned MLP (ablation)")
     p.add_argument("--out", default="outputs/bench_posterior")
     p.add_argument("--progress", action="store_true")
