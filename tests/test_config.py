@@ -9,7 +9,9 @@ import pytest
 
 from dfm.config import ConfigError, build_config, builtin_configs, read_yaml, to_dict
 from dfm.runs import make_task, task_from_config
+from dfm.tasks.base import ObjectiveConfig, SampleConfig
 from dfm.tasks.toy import ToyConfig, ToyTask
+from dfm.training import TrainConfig
 
 TOP_KEYS = ["task", "out_dir", "problem", "problem_seed", "dataset_size", "data_seed", "model", "objective", "train", "sample"]
 
@@ -29,8 +31,10 @@ def test_builtin_configs_load(name, problem):
     assert isinstance(task, ToyTask) and isinstance(task.cfg, ToyConfig)
     assert task.cfg.problem == problem and task.cfg.out_dir == f"runs/{name}"
     # values from the YAML win over the dataclass defaults, the rest keep their defaults
-    assert task.cfg.train.steps == 12000 and task.cfg.train.batch_size == 512
-    assert task.cfg.sample.sampler == "ddim" and task.cfg.objective.p_uncond == 0.1
+    assert task.cfg.train.steps == raw["train"]["steps"] != TrainConfig().steps
+    assert task.cfg.train.batch_size == raw["train"]["batch_size"] != TrainConfig().batch_size
+    assert task.cfg.objective.p_uncond == raw["objective"]["p_uncond"] != ObjectiveConfig().p_uncond
+    assert task.cfg.train.weight_decay == TrainConfig().weight_decay and task.cfg.sample.eta == SampleConfig().eta
     to_dict(task.cfg)  # JSON-able plain data
 
 
