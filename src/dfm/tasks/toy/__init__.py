@@ -118,10 +118,14 @@ def held_out(problem: LinearToyProblem, contexts: int = 20, samples: int = 500, 
     return HeldOut(ex["ctxt_obs"], ex["ctxt_params"], trgt, exact, exact2, projection)
 
 
+def model_device(model: nn.Module) -> torch.device:
+    return next(iter(model.buffers())).device
+
+
 def sample_signals(model: DFM, data: HeldOut, seed: int = 0, **sampler_kwargs) -> Tensor:
     """Posterior samples of S for every held-out context at once: ``(C, N, D)``."""
     c, n = data.trgt_params.shape[:2]
-    device = next(iter(model.buffers())).device
+    device = model_device(model)
     ctxt_obs = data.ctxt_obs.repeat_interleave(n, 0).to(device)
     ctxt_params = data.ctxt_params.repeat_interleave(n, 0).to(device)
     trgt_params = data.trgt_params.flatten(0, 1).to(device)
@@ -205,15 +209,15 @@ class ToyTask(Task):
     def trajectory_frames(self, model: DFM, data: HeldOut) -> list[np.ndarray]:
         """Frames of the target observation moving from noise to posterior samples, for one
         context and one fixed target projection, over the exact distribution of that observation."""
-        s = self.cfg.sample
+        s, device = self.cfg.sample, model_device(model)
         n = data.exact.shape[1]
         a_t = data.trgt_params[0, :1].expand(n, -1, -1)
         truth = (data.exact[0] @ a_t[0].T).numpy()
         xs = []
         model.sample(
-            data.ctxt_obs[:1].expand(n, -1), data.ctxt_params[:1].expand(n, -1, -1), a_t, (n, 2),
-            generator=torch.Generator().manual_seed(s.seed), callback=lambda d: xs.append(d["x"].numpy()),
-            **s.sampler_kwargs(),
+            data.ctxt_obs[:1].expand(n, -1).to(device), data.ctxt_params[:1].expand(n, -1, -1).to(device),
+            a_t.to(device), (n, 2), generator=torch.Generator(device).manual_seed(s.seed),
+            callback=lambda d: xs.append(d["x"].cpu().numpy()), **s.sampler_kwargs(),
         )
         lim = np.abs(truth).max() * 1.5
         frames = []
