@@ -44,7 +44,7 @@ def train(task: Task, resume: bool = False, progress: bool = True) -> tuple[Trai
 
 def load_trained(checkpoint: str | Path, overrides: Sequence[str] = ()) -> tuple[Task, DFM]:
     """Rebuild a task and its model from a checkpoint (run dir or checkpoint dir), with EMA weights."""
-    ckpt = load_checkpoint(checkpoint)
+    ckpt = load_checkpoint(checkpoint, train_state=False)  # sampling needs no optimiser state
     task = make_task(ckpt.config, overrides, origin=f"config of checkpoint {str(checkpoint)!r}")
     model = task.build_model()
     load_weights(model, ckpt.ema_state, source=str(checkpoint))
