@@ -287,3 +287,15 @@ def test_non_finite_loss_stops_naming_the_step(tmp_path):
     assert all(torch.isfinite(t).all() for t in [*ckpt.model_state.values(), *ckpt.ema_state.values()])
     load_trained(out)
     assert not (out / "samples").exists()
+
+
+def test_torchrun_two_processes_train_one_model(tmp_path):
+    """The README's multi-process command with the default device="auto": one distributed run (gloo on
+    a CPU-only machine), not two independent runs racing for the same checkpoints."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "dfm",
+           *train_args(out, "train.steps=20", "--no-samples")]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("trained 20 steps") == 1  # only the main process reports (and writes)
+    assert load_checkpoint(out).train_state["data"]["processes"] == 2

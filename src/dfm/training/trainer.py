@@ -197,7 +197,10 @@ class Trainer:
         self.run_config = dict(run_config or {})
         json.dumps(self.run_config)  # fail now rather than at the first checkpoint
 
-        self.accelerator = Accelerator(cpu=config.device == "cpu")
+        # Without cpu=True, accelerate ignores torchrun's environment on a machine with no GPU and runs N
+        # independent single-process trainings that overwrite each other's checkpoints.
+        has_accelerator = torch.cuda.is_available() or torch.backends.mps.is_available()
+        self.accelerator = Accelerator(cpu=config.device == "cpu" or (config.device == "auto" and not has_accelerator))
         device = self.accelerator.device
         if config.device not in ("auto", "cpu") and device.type != config.device:
             raise RuntimeError(f"device {config.device!r} requested, but the available device is {device}")
