@@ -76,9 +76,8 @@ def run_problem(problem: str, args: argparse.Namespace) -> list[dict]:
             rows.append({"method": name + (f", {sampler}" if sampler else ""), **info, **evaluate(model, data, sampler)})
 
     dfm_row = next(r for r in rows if r["method"] == "DFM, DDIM 50")
-    ctx = 0
     image = np.concatenate(
-        [scatter_figure(dfm_row["samples"][i], data.exact[i], f"{problem}: context {i}, DFM (DDIM 50)") for i in range(ctx, ctx + 2)]
+        [scatter_figure(dfm_row["samples"][i], data.exact[i], f"{problem}: context {i}, DFM (DDIM 50)") for i in range(2)]
     )
     save_image(image, Path(args.out) / f"posterior_{problem}.png")
     return rows
