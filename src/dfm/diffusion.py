@@ -13,6 +13,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+SPACINGS = ("uniform", "karras")
+
 
 def cosine_alphas_cumprod(num_steps: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> Tensor:
     """The cosine schedule of Nichol & Dhariwal (2021), discretised through clipped betas.
@@ -79,8 +81,8 @@ class NoiseSchedule(nn.Module):
         last = self.num_steps - 1
         if spacing == "uniform":
             return torch.linspace(last, 0, steps)
-        if spacing != "karras":
-            raise ValueError(f"unknown timestep spacing {spacing!r}; available: 'uniform', 'karras'")
+        if spacing not in SPACINGS:
+            raise ValueError(f"unknown timestep spacing {spacing!r}; available: {SPACINGS}")
         table = self.log_snr_table.cpu().double()
         sigma = torch.exp(-0.5 * table)  # increasing in t
         ramp = torch.linspace(0, 1, steps, dtype=torch.float64)

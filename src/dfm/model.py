@@ -108,8 +108,7 @@ class DFM(nn.Module):
             ctxt = drop_context(ctxt, keep)
 
         if self.deterministic:
-            t = torch.full((n,), self.schedule.num_steps - 1.0, device=device)
-            noisy = torch.zeros_like(trgt)
+            noisy, t = self.blind_target(trgt.shape, device, trgt.dtype)
         else:
             t = self.schedule.sample_timesteps(n, generator, device)
             noise = torch.randn(trgt.shape, generator=generator, device=device, dtype=trgt.dtype)
@@ -128,6 +127,11 @@ class DFM(nn.Module):
 
         losses["loss"] = sum(self.loss_weights[k] * v for k, v in losses.items())
         return losses
+
+    def blind_target(self, shape: tuple[int, ...], device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """What a regressor's denoiser sees instead of a noisy target: zeros at the highest noise level."""
+        t = torch.full((shape[0],), self.schedule.num_steps - 1.0, device=device)
+        return torch.zeros(shape, device=device, dtype=dtype), t
 
     @torch.no_grad()
     def sample(
@@ -155,8 +159,7 @@ class DFM(nn.Module):
         """
         device = ctxt_obs.device
         if self.deterministic:
-            t = torch.full((shape[0],), self.schedule.num_steps - 1.0, device=device)
-            signal = self.denoiser(ctxt_obs, ctxt_params, torch.zeros(shape, device=device), t, trgt_params)
+            signal = self.denoiser(ctxt_obs, ctxt_params, *self.blind_target(shape, device, ctxt_obs.dtype), trgt_params)
             return Sample(self.forward_model(signal, trgt_params), signal)
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r}; available: {sorted(SAMPLERS)}")

@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Mapping
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from dfm.diffusion import NoiseSchedule
+from dfm.diffusion import SPACINGS, NoiseSchedule
 from dfm.model import DFM, Regularizer
 from dfm.samplers import SAMPLERS
 
@@ -45,8 +45,8 @@ class SampleConfig:
     def __post_init__(self) -> None:  # fail at config time, not after training
         if self.sampler not in SAMPLERS:
             raise ValueError(f"sample.sampler must be one of {sorted(SAMPLERS)}, got {self.sampler!r}")
-        if self.spacing not in ("uniform", "karras"):
-            raise ValueError(f"sample.spacing must be 'uniform' or 'karras', got {self.spacing!r}")
+        if self.spacing not in SPACINGS:
+            raise ValueError(f"sample.spacing must be one of {SPACINGS}, got {self.spacing!r}")
 
     def sampler_kwargs(self) -> dict[str, Any]:
         kwargs = dict(steps=self.steps, sampler=self.sampler, spacing=self.spacing, guidance=self.guidance, temperature=self.temperature)
