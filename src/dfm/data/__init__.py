@@ -1,0 +1,1 @@
+"""Datasets: procedural generators and loaders for real formats."""
