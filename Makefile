@@ -11,6 +11,9 @@ $(STAMP): pyproject.toml
 	# the CPU build of torch first, so that nothing pulls a multi-GB CUDA build
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e ".[test]"
+	# the pretrained DCGAN face generator (GAN inversion): only its weight file is used, and its declared
+	# dependencies would pull torchvision, hence --no-deps (and its Python cap does not concern a data file)
+	$(BIN)/pip install --quiet --no-deps --ignore-requires-python gan-face-generate==1.1.1
 	touch $(STAMP)
 
 install: $(STAMP)
