@@ -94,12 +94,15 @@ def trained(tmp_path_factory) -> Path:
 @pytest.mark.parametrize(
     "argv, needles",
     [
-        ([], ["train", "sample", "demo", "built-in configs: toy_gmm, toy_manifold", "train.steps=500"]),
+        ([], ["train", "sample", "demo", "data", "invert", "export", "built-in configs: gan_faces, motion_sprites, toy_gmm, toy_manifold", "train.steps=500"]),
         (["train"], ["key=value", "built-in", "--resume", "Unknown keys are an error", "tb/"]),
         (["sample"], ["checkpoint", "sample.steps=10", "--out", "EMA"]),
-        (["demo"], ["--steps", "--out", "--config", "toy_gmm"]),
+        (["demo"], ["--steps", "--out", "--config", "toy_gmm", "{toy,motion,gan}", "shipped checkpoint"]),
+        (["data", "motion"], ["Vimeo90K", "--sequences", "--directions", "--frames {3,7}", "(default: 20000)"]),
+        (["invert"], ["inversion.steps", "Adam", "--out"]),
+        (["export"], ["ema.safetensors", "config.json"]),
     ],
-    ids=["dfm", "train", "sample", "demo"],
+    ids=["dfm", "train", "sample", "demo", "data-motion", "invert", "export"],
 )
 def test_help_explains_each_command(capsys, argv, needles):
     with pytest.raises(SystemExit) as exit_:

@@ -64,13 +64,17 @@ def test_images_are_in_range_deterministic_and_varied(face_generator):
 
 
 @needs_weights
-def test_generator_stays_frozen_and_in_eval_inside_a_training_parent(face_generator):
+def test_generator_stays_frozen_in_eval_and_out_of_checkpoints_inside_a_training_parent(face_generator):
     parent = nn.ModuleDict({"denoiser": nn.Linear(4, 4), "observe": GeneratorForward(face_generator)})
     parent.train()
     assert parent["denoiser"].training and parent["observe"].training
     assert not any(m.training for m in parent["observe"].generator.modules())
-    assert all(p.requires_grad for p in parent["denoiser"].parameters())
-    assert not any(p.requires_grad for p in parent["observe"].parameters())
+    # only the learned weights are parameters and state: the generator has its own file
+    assert set(parent.state_dict()) == {"denoiser.weight", "denoiser.bias"}
+    assert len(list(parent.parameters())) == 2
+    parent.double()  # but it follows dtype/device moves
+    assert all(p.dtype == torch.float64 for p in parent["observe"].generator.parameters())
+    parent.float()
     # eval-mode BatchNorm: an image does not depend on the rest of its batch
     z = latents(4)
     with torch.no_grad():

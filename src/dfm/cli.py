@@ -7,7 +7,12 @@ import sys
 from pathlib import Path
 
 from dfm.config import ConfigError, builtin_configs
+from dfm.data.vimeo import DatasetError
+from dfm.generators import GeneratorError
 from dfm.training import CheckpointError, TrainingError, TrainingInterrupted
+
+PRETRAINED = Path(__file__).parent / "pretrained"  # small checkpoints shipped with the package
+PRETRAINED_RUNS = {"motion": "motion_sprites", "gan": "gan_faces"}  # demo -> shipped checkpoint
 
 EPILOG = """\
 examples:
@@ -17,6 +22,11 @@ examples:
   torchrun --nproc_per_node 4 -m dfm train toy_gmm   the same, on 4 processes / GPUs
   dfm sample runs/toy_gmm sample.steps=10 sample.sampler=dpmpp_2m
   dfm demo                                   train a small model and write samples + videos
+  dfm demo motion                            sample motions of unseen frames with the shipped model
+  dfm demo gan                               sample faces that agree with a small patch (shipped model)
+  dfm invert gan_faces                       the optimisation baseline: fit one latent per patch
+  dfm data motion --out data/motion_sprites  write the procedural motion dataset (Vimeo90K layout)
+  dfm export runs/motion_sprites my_model    keep only what sampling needs (EMA weights + config)
 
 built-in configs: {configs}
 """
@@ -45,6 +55,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    if args.application in PRETRAINED_RUNS:
+        return demo_pretrained(args)
     from dfm.runs import task_from_config, train
 
     overrides = [f"out_dir={args.out}", f"train.steps={args.steps}", *args.overrides]
@@ -52,6 +64,54 @@ def cmd_demo(args: argparse.Namespace) -> int:
     trainer, stats = train(task, resume=True)  # a second `make demo` reuses the first one's model
     print(f"trained {stats['step']} steps in {stats['seconds']:.0f} s")
     _report(task.write_samples(trainer.ema_model.eval(), Path(args.out) / "samples"))
+    return 0
+
+
+def demo_pretrained(args: argparse.Namespace) -> int:
+    """Sample unseen inputs with a checkpoint shipped in the package (motion: freshly generated sprite
+    frames; gan: held-out patches of generated faces)."""
+    from dfm.runs import load_trained
+
+    out = Path(args.out)
+    overrides = [f"out_dir={out}", f"sample.seed={args.seed}"]
+    if args.application == "motion":
+        from dfm.data.sprites import SpriteMotion, write_dataset
+
+        data = write_dataset(out / "data", SpriteMotion(), sequences=8, test_fraction=0.5, seed=args.seed, progress=False)
+        overrides.append(f"data.root={data}")
+    else:
+        overrides.append(f"held_out_seed={args.seed}")
+    task, model = load_trained(PRETRAINED / PRETRAINED_RUNS[args.application], [*overrides, *args.overrides])
+    _report(task.write_samples(model, out / "samples"))
+    return 0
+
+
+def cmd_invert(args: argparse.Namespace) -> int:
+    from dfm.runs import task_from_config
+
+    task = task_from_config(args.config, args.overrides)
+    if not hasattr(task, "invert"):
+        raise ValueError(f"task {task.cfg.task!r} has no optimisation baseline (only gan has)")
+    _report(task.invert(Path(args.out) if args.out else Path(task.cfg.out_dir) / "inversions"))
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from dfm.data.sprites import SpriteMotion, write_dataset
+
+    generator = SpriteMotion(
+        resolution=args.res, frames=args.frames, sprites=args.sprites, directions=args.directions, speed=args.speed,
+        min_radius=args.min_radius, max_radius=args.max_radius,
+    )
+    out = write_dataset(args.out, generator, args.sequences, args.test_fraction, args.seed)
+    print(f"wrote {args.sequences} sequences to {out}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from dfm.training import export_checkpoint
+
+    print(f"wrote {export_checkpoint(args.checkpoint, args.out)}")
     return 0
 
 
@@ -88,14 +148,55 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="output directory (default: OUT_DIR/samples of the run)")
     s.set_defaults(func=cmd_sample)
 
-    d = sub.add_parser("demo", help="train a small model quickly and write samples and videos",
-                       description="Train the toy posterior problem briefly on this machine and write samples "
-                       "beside the exact posterior, plus a video of the sampling trajectory.")
-    d.add_argument("--config", default="toy_gmm", help="config to demo (default: toy_gmm)")
+    d = sub.add_parser("demo", help="show an application: samples, images and videos in a few minutes",
+                       description="toy: train the toy posterior problem briefly on this machine and write samples "
+                       "beside the exact posterior, plus a video of the sampling trajectory. motion: generate unseen "
+                       "sprite frames and sample their motions with the shipped checkpoint (next frames, flows as "
+                       "colour wheels, a GIF/MP4 per sample). gan: sample faces that agree with small patches of "
+                       "held-out generated faces with the shipped checkpoint (grids at 32x32 and at 64x64).")
+    d.add_argument("application", nargs="?", default="toy", choices=["toy", *PRETRAINED_RUNS], help="what to demo (default: toy)")
+    d.add_argument("--config", default="toy_gmm", help="toy: config to train (default: toy_gmm)")
     d.add_argument("--out", default="outputs/demo", help="output directory (default: outputs/demo)")
-    d.add_argument("--steps", type=int, default=3000, help="training steps (default: 3000, about a minute)")
+    d.add_argument("--steps", type=int, default=3000, help="toy: training steps (default: 3000, about a minute)")
+    d.add_argument("--seed", type=int, default=2024, help="motion/gan: seed of the inputs and samples (default: 2024)")
     d.add_argument("overrides", nargs="*", help="key=value overrides")
     d.set_defaults(func=cmd_demo)
+
+    data = sub.add_parser("data", help="write a procedural dataset to disk", description="Write a procedural dataset.")
+    kinds = data.add_subparsers(dest="kind", required=True, metavar="KIND")
+    m = kinds.add_parser("motion", help="sprites with ambiguous motion, in the Vimeo90K layout",
+                         description="Sprites sliding over a static textured background, each in one of DIRECTIONS "
+                         "directions drawn uniformly, so one frame cannot tell which way it goes. Writes "
+                         "OUT/sequences/XXXXX/YYYY/im1.png... (+ meta.json), the train/test list files and "
+                         "generator.json, exactly like Vimeo90K triplets (--frames 3) or septuplets (--frames 7).",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    m.add_argument("--out", required=True, help="output directory")
+    m.add_argument("--sequences", type=int, default=20000, help="number of sequences")
+    m.add_argument("--res", type=int, default=32, help="frame size in pixels (square)")
+    m.add_argument("--frames", type=int, default=3, choices=[3, 7], help="frames per sequence")
+    m.add_argument("--sprites", type=int, default=2, help="sprites per scene")
+    m.add_argument("--directions", type=int, default=4, help="number of equally spaced directions")
+    m.add_argument("--speed", type=float, default=3.0, help="pixels per frame")
+    m.add_argument("--min-radius", type=float, default=4.0, help="smallest sprite radius in pixels")
+    m.add_argument("--max-radius", type=float, default=7.0, help="largest sprite radius in pixels")
+    m.add_argument("--test-fraction", type=float, default=0.1, help="share of sequences in the test list")
+    m.add_argument("--seed", type=int, default=0, help="random seed")
+    m.set_defaults(func=cmd_data)
+
+    i = sub.add_parser("invert", help="GAN inversion by optimisation (the baseline), written like samples",
+                       description="Fit one latent per held-out patch with Adam (config keys inversion.steps, "
+                       "inversion.lr, inversion.restarts) and write the same grids as `dfm sample`.")
+    i.add_argument("config", help="YAML file or built-in config name (a gan task)")
+    i.add_argument("overrides", nargs="*", help="key=value overrides, e.g. inversion.steps=200")
+    i.add_argument("--out", help="output directory (default: OUT_DIR/inversions)")
+    i.set_defaults(func=cmd_invert)
+
+    e = sub.add_parser("export", help="copy a checkpoint's EMA weights and config (what sampling needs)",
+                       description="Write a small sampling checkpoint (ema.safetensors + config.json) from a run "
+                       "or checkpoint directory; `dfm sample` loads it like any checkpoint.")
+    e.add_argument("checkpoint", help="run directory or checkpoint directory")
+    e.add_argument("out", help="output directory")
+    e.set_defaults(func=cmd_export)
     return p
 
 
@@ -109,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     except FileExistsError as e:
         print(f"dfm {args.command}: error: {e}. Continue it with --resume, or choose another out_dir=...", file=sys.stderr)
         return 2
-    except (ConfigError, CheckpointError, TrainingError, ValueError, FileNotFoundError) as e:
+    except (ConfigError, CheckpointError, DatasetError, GeneratorError, TrainingError, ValueError, FileNotFoundError) as e:
         print(f"dfm {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -103,24 +103,24 @@ class GeneratorForward(nn.Module):
     ``params`` is ignored (None is fine): every observation is the whole image rendered by the same fixed
     generator, so there is nothing that varies between context and target views.
 
-    The generator stays a registered submodule with ``requires_grad=False`` on its parameters: ``.to()``
-    moves it, autograd computes no weight gradients, and optimisers skip it (AdamW skips parameters
-    without a gradient, weight decay included). Its weights are therefore also saved in checkpoints
-    (~14 MB for the DCGAN); we accept that because a checkpoint then carries the exact forward model it
-    was trained with, and because, unlike buffers, frozen parameters are not re-broadcast by DDP at
-    every step. ``train()`` never takes the generator out of eval mode: in training mode BatchNorm would
-    normalise with batch statistics, so an image would depend on the other latents in the batch.
+    The generator is fixed and has its own weight file, so it is kept out of ``parameters()`` and
+    ``state_dict()``: optimisers, DDP and checkpoints see only what is learned (a run's config says
+    which generator to load). It still follows ``.to()`` and stays in eval mode: in training mode
+    BatchNorm would normalise with batch statistics, making an image depend on the rest of the batch.
     """
 
     def __init__(self, generator: nn.Module, resolution: int | None = 64):
         super().__init__()
-        self.generator = generator.eval().requires_grad_(False)
+        self._frozen = (generator.eval().requires_grad_(False),)  # a tuple is not registered as a submodule
         self.resolution = resolution
 
-    def train(self, mode: bool = True) -> GeneratorForward:
-        super().train(mode)
-        self.generator.eval()
-        return self
+    @property
+    def generator(self) -> nn.Module:
+        return self._frozen[0]
+
+    def _apply(self, fn, recurse: bool = True):  # .to(), .cuda(), .double() reach the hidden generator too
+        self.generator._apply(fn)
+        return super()._apply(fn, recurse)
 
     def forward(self, signal: Tensor, params=None) -> Tensor:
         image = self.generator(signal)

@@ -9,9 +9,9 @@
 step's clean estimate is ``forward(denoise(context, x_t, t), target params)``, and returns the final
 observation together with the signal that produced it.
 
-A batch is a dict with the keys ``ctxt_obs``, ``ctxt_params``, ``trgt_obs``, ``trgt_params`` and
-optionally ``novel_obs``, ``novel_params``; observations are tensors with the batch first, params
-are whatever the denoiser and forward model accept.
+A batch is a dict with the keys ``ctxt_obs``, ``trgt_obs`` and optionally ``ctxt_params``,
+``trgt_params`` (None when absent), ``novel_obs``, ``novel_params``; observations are tensors with
+the batch first, params are whatever the denoiser and forward model accept.
 """
 
 from __future__ import annotations
@@ -114,9 +114,9 @@ class DFM(nn.Module):
             noise = torch.randn(trgt.shape, generator=generator, device=device, dtype=trgt.dtype)
             noisy = self.schedule.add_noise(trgt, t, noise)
 
-        signal = self.denoiser(ctxt, batch["ctxt_params"], noisy, t, batch["trgt_params"])
+        signal = self.denoiser(ctxt, batch.get("ctxt_params"), noisy, t, batch.get("trgt_params"))
 
-        predictions = {"target": self.forward_model(signal, batch["trgt_params"])}
+        predictions = {"target": self.forward_model(signal, batch.get("trgt_params"))}
         losses = {"target": F.mse_loss(predictions["target"], trgt)}
         if self.loss_weights["novel"] and "novel_obs" in batch:
             predictions["novel"] = self.forward_model(signal, batch["novel_params"])

@@ -9,6 +9,7 @@ import imageio.v3 as iio
 import matplotlib
 
 matplotlib.use("Agg")
+import matplotlib.colors  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -45,3 +46,21 @@ def save_video(frames: Sequence[np.ndarray], path: Path, fps: int = 12) -> Path:
         pad = ((0, 0), (0, -h % 16), (0, -w % 16), (0, 0))
         iio.imwrite(path, np.pad(frames, pad, constant_values=255), fps=fps, codec="libx264")
     return path
+
+
+def to_uint8(image: torch.Tensor) -> np.ndarray:
+    """A ``(3, H, W)`` image in [-1, 1] (the model's range) -> ``(H, W, 3)`` uint8."""
+    return ((image.detach().cpu().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+
+
+def flow_to_color(flow: torch.Tensor, max_norm: float | None = None) -> torch.Tensor:
+    """Colour-wheel picture of a ``(2, H, W)`` flow (dx, dy) as a ``(3, H, W)`` image in [-1, 1]:
+    hue is the direction (0 = +x, red), saturation the length relative to ``max_norm`` (white = still)."""
+    dx, dy = flow.detach().cpu().float()
+    norm = torch.hypot(dx, dy)
+    max_norm = float(norm.max()) if max_norm is None else max_norm
+    hue = (torch.atan2(-dy, dx) / (2 * np.pi)) % 1.0  # counter-clockwise as seen on screen (y down)
+    saturation = (norm / max(max_norm, 1e-8)).clamp(0, 1)
+    hsv = torch.stack([hue, saturation, torch.ones_like(hue)], dim=-1).numpy()
+    rgb = matplotlib.colors.hsv_to_rgb(hsv)
+    return torch.from_numpy(rgb).permute(2, 0, 1).float() * 2 - 1

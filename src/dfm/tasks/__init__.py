@@ -6,7 +6,7 @@ from importlib import import_module
 
 from dfm.tasks.base import Task
 
-TASKS = {"toy": "dfm.tasks.toy:ToyTask"}
+TASKS = {"toy": "dfm.tasks.toy:ToyTask", "motion": "dfm.tasks.motion:MotionTask", "gan": "dfm.tasks.gan:GanTask"}
 
 
 def task_class(name: str) -> type[Task]:

@@ -3,6 +3,7 @@
 from dfm.training.checkpoint import (
     Checkpoint,
     CheckpointError,
+    export_checkpoint,
     latest_checkpoint,
     load_checkpoint,
     load_weights,
@@ -17,6 +18,7 @@ __all__ = [
     "Trainer",
     "TrainingError",
     "TrainingInterrupted",
+    "export_checkpoint",
     "latest_checkpoint",
     "load_checkpoint",
     "load_weights",

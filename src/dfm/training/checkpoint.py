@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 FORMAT_VERSION = 1
 FILES = ("model.safetensors", "ema.safetensors", "config.json", "state.pt")
+SAMPLING_FILES = ("ema.safetensors", "config.json")
 _STEP_DIR = re.compile(r"step-(\d+)")
 _HIDDEN_PREFIXES = (".tmp-", ".trash-")
 
@@ -45,7 +46,7 @@ class Checkpoint:
     path: Path
     step: int
     config: dict[str, Any]  # the run config saved by the trainer
-    model_state: dict[str, Tensor]
+    model_state: dict[str, Tensor] | None  # None when loaded with ``train_state=False``
     ema_state: dict[str, Tensor]
     train_state: dict[str, Any] | None  # None when loaded with ``train_state=False``
 
@@ -170,10 +171,11 @@ def _resolve(path: Path) -> Path:
 def load_checkpoint(path: str | os.PathLike, *, train_state: bool = True) -> Checkpoint:
     """Load a checkpoint directory, or the newest checkpoint of a run directory, onto the CPU.
 
-    ``train_state=False`` skips ``state.pt`` (optimizer moments etc.), which sampling does not need.
+    ``train_state=False`` reads only what sampling needs (``config.json`` and ``ema.safetensors``), so
+    it also loads an exported checkpoint (``export_checkpoint``).
     """
     ckpt = _resolve(Path(path))
-    for name in FILES:
+    for name in FILES if train_state else SAMPLING_FILES:
         if not (ckpt / name).is_file():
             raise CheckpointError(f"{ckpt / name}: missing (incomplete checkpoint)")
     meta = _read(ckpt / "config.json", "JSON", lambda p: json.loads(p.read_text()))
@@ -188,7 +190,7 @@ def load_checkpoint(path: str | os.PathLike, *, train_state: bool = True) -> Che
         path=ckpt,
         step=int(meta["step"]),
         config=meta["run_config"],
-        model_state=_read(ckpt / "model.safetensors", "safetensors file", load_file),
+        model_state=_read(ckpt / "model.safetensors", "safetensors file", load_file) if train_state else None,
         ema_state=_read(ckpt / "ema.safetensors", "safetensors file", load_file),
         train_state=(
             _read(ckpt / "state.pt", "training state", lambda p: torch.load(p, map_location="cpu", weights_only=True))
@@ -196,6 +198,23 @@ def load_checkpoint(path: str | os.PathLike, *, train_state: bool = True) -> Che
             else None
         ),
     )
+
+
+def export_checkpoint(path: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """Copy what sampling needs (EMA weights + config) from a checkpoint or run into ``out``: a small
+    checkpoint to ship, which ``load_checkpoint(out, train_state=False)`` reads. Written atomically."""
+    src = _resolve(Path(path))
+    load_checkpoint(src, train_state=False)  # validate before publishing anything
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=out.parent))
+    for name in SAMPLING_FILES:
+        shutil.copyfile(src / name, tmp / name)
+        _fsync(tmp / name)
+    if out.exists():
+        _remove(out)
+    tmp.rename(out)
+    return out
 
 
 def _listing(keys: list[str], limit: int = 20) -> str:

@@ -1,0 +1,206 @@
+"""Single-image motion prediction: sample motions of a frame, seen only through the next frame.
+
+The signal is a motion field (flow + softmax-splatting importance Z) of the context frame; the
+forward model forward-warps the context frame by it (softmax splatting), so the target observation
+is the next frame. A DiT reads the context frame and the noisy next frame (concatenated along
+channels) and outputs the field; an edge-aware smoothness term keeps the flow piecewise smooth
+along image edges. Where a frame does not say which way something moves, samples must differ.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from dfm.data.vimeo import DatasetError, Vimeo90K
+from dfm.diffusion import NoiseSchedule
+from dfm.model import DFM
+from dfm.networks.dit import DiT
+from dfm.regularizers import edge_aware_smoothness
+from dfm.splatting import MODES, softsplat
+from dfm.tasks.base import ObjectiveConfig, SampleConfig, Task
+from dfm.training import TrainConfig
+from dfm.visualize import flow_to_color, save_image, save_video, to_chw, to_uint8
+
+
+class MotionField(NamedTuple):
+    flow: Tensor  # (B, 2, H, W) displacement to the next frame in pixels, (dx, dy)
+    metric: Tensor  # (B, 1, H, W) importance Z: where pixels collide, the larger Z wins
+
+
+class SplatWarp(nn.Module):
+    """The forward model: ``(MotionField, frame) -> frame forward-warped by the motion``.
+
+    Target pixels no source pixel reaches (disocclusions) stay 0, mid-grey: a forward warp cannot
+    know what was hidden, and the model may learn to spread neighbouring pixels into the gap."""
+
+    def __init__(self, mode: str = "softmax"):
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"splatting mode must be one of {MODES}, got {mode!r}")
+        self.mode = mode
+
+    def forward(self, signal: MotionField, frame: Tensor) -> Tensor:
+        return softsplat(frame, signal.flow, signal.metric, self.mode)[0]
+
+
+class MotionDenoiser(nn.Module):
+    """``(context frame, -, noisy next frame, t, -) -> MotionField`` with a DiT over both frames.
+
+    ``flow_scale`` sets the flow (in pixels) of a unit network output; Z is squashed into
+    ``(-metric_range, metric_range)`` so softmax splatting's ``exp(Z)`` stays finite."""
+
+    def __init__(self, dit: DiT, flow_scale: float = 4.0, metric_range: float = 20.0):
+        super().__init__()
+        self.dit, self.flow_scale, self.metric_range = dit, flow_scale, metric_range
+
+    def forward(self, ctxt_obs: Tensor, ctxt_params, noisy_obs: Tensor, t: Tensor, trgt_params) -> MotionField:
+        out = self.dit(torch.cat([ctxt_obs, noisy_obs], dim=1), t)
+        metric = self.metric_range * torch.tanh(out[:, 2:3] / self.metric_range)
+        return MotionField(out[:, :2] * self.flow_scale, metric)
+
+
+class FramePairs(Dataset):
+    """Vimeo90K-layout frame pairs as DFM batches: the context frame is also the forward model's
+    parameter (the image it warps); there are no context parameters."""
+
+    def __init__(self, root: str | Path, split: str, resolution: int | None):
+        self.pairs = Vimeo90K(root, split=split, resolution=resolution)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, i: int) -> dict[str, Tensor]:
+        item = self.pairs[i]
+        return {"ctxt_obs": item["ctxt_obs"], "trgt_obs": item["trgt_obs"], "trgt_params": item["ctxt_obs"]}
+
+
+@dataclass
+class MotionModelConfig:
+    size: str = "XS"  # DiT size (dfm.networks.dit.SIZES); width/depth/heads override it
+    width: int | None = None
+    depth: int | None = None
+    heads: int | None = None
+    patch_size: int = 2
+    flow_scale: float = 4.0  # pixels per unit of network output
+    splatting: str = "softmax"  # summation | average | linear | softmax
+
+
+@dataclass
+class MotionDataConfig:
+    root: str = "data/motion_sprites"  # a Vimeo90K triplet/septuplet directory (`dfm data motion` writes one)
+    resolution: int | None = None  # resize + centre-crop to this square size; None: as stored
+
+
+@dataclass
+class MotionConfig:
+    task: str = "motion"
+    out_dir: str = "runs/motion"
+    data: MotionDataConfig = field(default_factory=MotionDataConfig)
+    model: MotionModelConfig = field(default_factory=MotionModelConfig)
+    smoothness_edge_weight: float = 10.0  # gamma in exp(-gamma |grad I|)
+    objective: ObjectiveConfig = field(default_factory=lambda: ObjectiveConfig(loss_weights={"smoothness": 0.01}))
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=lambda: SampleConfig(num_samples=8))
+    sample_inputs: int = 4  # test-split frames that `dfm sample` / `dfm demo` show
+
+
+def sample_motions(model: DFM, frames: Tensor, num_samples: int, seed: int = 0, **sampler_kwargs) -> tuple[Tensor, MotionField]:
+    """``num_samples`` next frames and motion fields for every frame of ``frames`` ``(B, 3, H, W)``:
+    returns ``(B, N, 3, H, W)`` frames and a MotionField with ``(B, N, ...)`` tensors."""
+    b, n = frames.shape[0], num_samples
+    device = next(model.parameters()).device
+    ctxt = frames.to(device).repeat_interleave(n, 0)
+    generator = torch.Generator(device).manual_seed(seed)
+    out = model.sample(ctxt, None, ctxt, tuple(ctxt.shape), generator=generator, **sampler_kwargs)
+    unflat = lambda x: x.view(b, n, *x.shape[1:]).cpu()  # noqa: E731
+    return unflat(out.observation), MotionField(unflat(out.signal.flow), unflat(out.signal.metric))
+
+
+def motion_video(frame: Tensor, motion: MotionField, steps: int = 12, mode: str = "softmax") -> list[Tensor]:
+    """The frame moving along its motion: forward warps by ``s * flow`` for s from 0 to 1 and back."""
+    ramp = [s / (steps - 1) for s in range(steps)]
+    warped = [
+        softsplat(frame[None], s * motion.flow[None], motion.metric[None], mode)[0][0] for s in ramp
+    ]
+    return warped + warped[::-1]
+
+
+class MotionTask(Task):
+    Config = MotionConfig
+
+    def build_model(self) -> DFM:
+        m = self.cfg.model
+        dit = DiT(6, 3, size=m.size, patch_size=m.patch_size, width=m.width, depth=m.depth, heads=m.heads)
+        gamma = self.cfg.smoothness_edge_weight
+        regularizers = {
+            "smoothness": lambda signal, batch, predictions: edge_aware_smoothness(signal.flow, batch["trgt_params"], gamma)
+        }
+        schedule = NoiseSchedule(self.cfg.objective.diffusion_steps)
+        return self.make_dfm(MotionDenoiser(dit, m.flow_scale), SplatWarp(m.splatting), schedule, regularizers)
+
+    def train_dataset(self) -> Dataset:
+        root = Path(self.cfg.data.root)
+        if not root.exists():
+            raise DatasetError(
+                f"data.root {root} does not exist: write the procedural dataset with `dfm data motion --out {root}`, "
+                "or point data.root at a Vimeo90K triplet/septuplet directory"
+            )
+        return FramePairs(root, "train", self.cfg.data.resolution)
+
+    def test_frames(self, count: int) -> tuple[Tensor, Tensor]:
+        """The first ``count`` test pairs (context frames, true next frames), spread over sequences."""
+        pairs = FramePairs(self.cfg.data.root, "test", self.cfg.data.resolution).pairs
+        step = max(1, len(pairs) // count)
+        items = [pairs[i] for i in range(0, step * count, step)[: len(pairs)]]
+        return torch.stack([it["ctxt_obs"] for it in items]), torch.stack([it["trgt_obs"] for it in items])
+
+    def preview(self, model: DFM, step: int) -> dict[str, Tensor]:
+        frames, truth = self.test_frames(2)
+        nexts, motion = sample_motions(model, frames, 4, steps=20)
+        return {"motion": to_chw(motion_panel(frames, truth, nexts, motion.flow))}
+
+    def write_samples(self, model: DFM, out_dir: Path) -> list[Path]:
+        """For ``sample_inputs`` test frames: a PNG panel (context, true next frame, sampled next
+        frames and their flows as colour-wheel images), the samples as tensors, and per sample a
+        GIF and an MP4 of the frame moving along the sampled motion."""
+        s = self.cfg.sample
+        frames, truth = self.test_frames(self.cfg.sample_inputs)
+        nexts, motion = sample_motions(model, frames, s.num_samples, seed=s.seed, **s.sampler_kwargs())
+        out_dir.mkdir(parents=True, exist_ok=True)
+        written = [save_image(motion_panel(frames, truth, nexts, motion.flow), out_dir / "motions.png")]
+        torch.save({"frames": frames, "truth": truth, "samples": nexts, "flow": motion.flow, "metric": motion.metric}, out_dir / "samples.pt")
+        written.append(out_dir / "samples.pt")
+        for i in range(frames.shape[0]):
+            for j in range(s.num_samples):
+                video = motion_video(frames[i], MotionField(motion.flow[i, j], motion.metric[i, j]), mode=self.cfg.model.splatting)
+                clip = [_upscaled(to_uint8(f)) for f in video]
+                for ext in ("gif", "mp4"):
+                    written.append(save_video(clip, out_dir / f"input{i}_sample{j}.{ext}"))
+        return written
+
+
+def motion_panel(frames: Tensor, truth: Tensor, nexts: Tensor, flows: Tensor) -> np.ndarray:
+    """One row per input: context, true next frame, the N sampled next frames; below each sample its
+    flow as a colour wheel (one length scale for the whole panel). ``(B, 3, H, W)``, ``(B, N, ...)``."""
+    max_norm = max(float(flows.norm(dim=2).max()), 1e-3)
+    rows = []
+    for i in range(frames.shape[0]):
+        blank = torch.ones_like(frames[i])
+        images = [frames[i], truth[i], *nexts[i]]
+        colours = [blank, blank, *[flow_to_color(f, max_norm) for f in flows[i]]]
+        rows.append(torch.cat([torch.cat(images, 2), torch.cat(colours, 2)], 1))
+    return _upscaled(to_uint8(torch.cat(rows, 1)))
+
+
+def _upscaled(image: np.ndarray, min_size: int = 256) -> np.ndarray:
+    """Nearest-neighbour upscaling of small frames so that pixels stay visible in viewers."""
+    factor = max(1, min_size // min(image.shape[:2]))
+    return image.repeat(factor, 0).repeat(factor, 1)
