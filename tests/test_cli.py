@@ -99,10 +99,11 @@ def trained(tmp_path_factory) -> Path:
         (["sample"], ["checkpoint", "sample.steps=10", "--out", "EMA"]),
         (["demo"], ["--steps", "--out", "--config", "toy_gmm", "{toy,motion,gan}", "shipped checkpoint"]),
         (["data", "motion"], ["Vimeo90K", "--sequences", "--directions", "--frames {3,7}", "(default: 20000)"]),
+        (["data", "synth3d"], ["posterior of that colour is uniform", "--scenes", "--colours", "cameras.json"]),
         (["invert"], ["inversion.steps", "Adam", "--out"]),
         (["export"], ["ema.safetensors", "config.json"]),
     ],
-    ids=["dfm", "train", "sample", "demo", "data-motion", "invert", "export"],
+    ids=["dfm", "train", "sample", "demo", "data-motion", "data-synth3d", "invert", "export"],
 )
 def test_help_explains_each_command(capsys, argv, needles):
     with pytest.raises(SystemExit) as exit_:

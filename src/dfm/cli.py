@@ -96,7 +96,7 @@ def cmd_invert(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_data(args: argparse.Namespace) -> int:
+def cmd_data_motion(args: argparse.Namespace) -> int:
     from dfm.data.sprites import SpriteMotion, write_dataset
 
     generator = SpriteMotion(
@@ -105,6 +105,17 @@ def cmd_data(args: argparse.Namespace) -> int:
     )
     out = write_dataset(args.out, generator, args.sequences, args.test_fraction, args.seed)
     print(f"wrote {args.sequences} sequences to {out}")
+    return 0
+
+
+def cmd_data_synth3d(args: argparse.Namespace) -> int:
+    from dfm.data.synth3d import PALETTE, Synth3D, write_dataset
+
+    if not 2 <= args.colours <= len(PALETTE):
+        raise ValueError(f"--colours must be between 2 and {len(PALETTE)}, got {args.colours}")
+    generator = Synth3D(resolution=args.res, views=args.views, palette=PALETTE[: args.colours], shapes=tuple(args.shapes.split(",")))
+    write_dataset(args.out, generator, args.scenes, seed=args.seed, test_fraction=args.test_fraction)
+    print(f"wrote {args.scenes} scenes to {args.out}")
     return 0
 
 
@@ -181,7 +192,24 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--max-radius", type=float, default=7.0, help="largest sprite radius in pixels")
     m.add_argument("--test-fraction", type=float, default=0.1, help="share of sequences in the test list")
     m.add_argument("--seed", type=int, default=0, help="random seed")
-    m.set_defaults(func=cmd_data)
+    m.set_defaults(func=cmd_data_motion)
+
+    s3 = kinds.add_parser("synth3d", help="primitives with a hidden side of random palette colour, multi-view",
+                          description="Scenes of one primitive rendered analytically (exact depth and mask) from an "
+                          "orbit of cameras. The side hidden from the context camera (view 0) has a colour drawn "
+                          "uniformly from a palette, so given view 0 the posterior of that colour is uniform. Writes "
+                          "OUT/scenes/NNNNNN/{images,masks}/VVV.png, depth.npy, cameras.json (OpenCV c2w, normalised "
+                          "K), meta.json, plus train.txt, test.txt and generator.json.",
+                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    s3.add_argument("--out", required=True, help="output directory")
+    s3.add_argument("--scenes", type=int, default=2000, help="number of scenes")
+    s3.add_argument("--res", type=int, default=32, help="image size in pixels (square)")
+    s3.add_argument("--views", type=int, default=8, help="cameras per scene, on an orbit starting at the context view")
+    s3.add_argument("--colours", type=int, default=4, help="palette size K (the first K of red, green, blue, yellow)")
+    s3.add_argument("--shapes", default="sphere,box,cylinder", help="comma-separated primitives")
+    s3.add_argument("--test-fraction", type=float, default=0.1, help="share of scenes in test.txt")
+    s3.add_argument("--seed", type=int, default=0, help="random seed")
+    s3.set_defaults(func=cmd_data_synth3d)
 
     i = sub.add_parser("invert", help="GAN inversion by optimisation (the baseline), written like samples",
                        description="Fit one latent per held-out patch with Adam (config keys inversion.steps, "
