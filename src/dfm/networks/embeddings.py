@@ -11,8 +11,9 @@ from torch import Tensor, nn
 def sinusoidal_embedding(x: Tensor, dim: int, max_period: float = 10_000.0) -> Tensor:
     """Transformer-style sin/cos features of a batch of scalars ``x`` (shape ``(B,)``) -> ``(B, dim)``."""
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=x.device, dtype=torch.float32) / half)
-    args = x.float()[:, None] * freqs[None]
+    dtype = x.dtype if x.is_floating_point() else torch.float32  # float64 models (gradcheck) stay float64
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=x.device, dtype=dtype) / half)
+    args = x.to(dtype)[:, None] * freqs[None]
     emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
     return torch.nn.functional.pad(emb, (0, dim % 2))
 
