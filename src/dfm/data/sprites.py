@@ -56,7 +56,7 @@ class SpriteMotion:
     def scene(self, rng: np.random.Generator) -> "SpriteScene":
         r = self.resolution
         yy, xx = np.mgrid[0:r, 0:r].astype(np.float64)
-        background = _texture(rng, r, yy, xx, contrast=0.5)
+        background = _texture(rng, r, yy, xx, contrast=0.15)
         sprites = []
         for _ in range(self.sprites):
             radius = rng.uniform(self.min_radius, self.max_radius)
@@ -65,7 +65,7 @@ class SpriteMotion:
                 radius=radius,
                 centre=rng.uniform(radius, r - radius, size=2),  # (x, y): whole in the first frame
                 direction=int(rng.integers(self.directions)),
-                texture=_texture(rng, r, yy, xx, contrast=0.25, base=rng.uniform(0.1, 0.95, size=3)),
+                texture=_texture(rng, r, yy, xx, contrast=0.3, base=rng.uniform(0.1, 0.95, size=3)),
             ))
         frames, masks = [], None
         for k in range(self.frames):
@@ -108,7 +108,7 @@ def _texture(rng: np.random.Generator, r: int, yy: np.ndarray, xx: np.ndarray, c
     field = torch.nn.functional.interpolate(
         torch.from_numpy(coarse).permute(2, 0, 1)[None], size=(r, r), mode="bicubic", align_corners=True
     )[0].permute(1, 2, 0).numpy()
-    angle, period = rng.uniform(0, math.pi), rng.uniform(3, 8)
+    angle, period = rng.uniform(0, math.pi), rng.uniform(4, 10)
     grating = np.sin(2 * math.pi * (xx * math.cos(angle) + yy * math.sin(angle)) / period + rng.uniform(0, 2 * math.pi))
     return np.clip(field + contrast * 0.5 * grating[..., None], 0, 1)
 
