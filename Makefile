@@ -4,9 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench install clean
+.PHONY: demo test bench bench-motion bench-gan install clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -d $(VENV) || $(PY) -m venv $(VENV)
 	# the CPU build of torch first, so that nothing pulls a multi-GB CUDA build
 	$(BIN)/pip install --quiet torch==2.13.0
@@ -20,12 +20,21 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/dfm demo --out outputs/demo
+	$(BIN)/dfm demo motion --out outputs/demo_motion
+	$(BIN)/dfm demo gan --out outputs/demo_gan
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/posterior.py
+
+# these evaluate trained runs: see the README for the training commands
+bench-motion: $(STAMP)
+	$(BIN)/python benchmarks/motion.py
+
+bench-gan: $(STAMP)
+	$(BIN)/python benchmarks/gan.py
 
 clean:
 	rm -rf outputs runs

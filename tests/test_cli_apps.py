@@ -100,3 +100,14 @@ def test_synth3d_data_is_read_back(tmp_path):
     assert len(json.loads((tmp_path / "s" / "generator.json").read_text())["palette"]) == 3
     proc = run_dfm("data", "synth3d", "--out", str(tmp_path / "t"), "--colours", "9", cwd=tmp_path)
     assert proc.returncode == 2 and "--colours must be between 2 and 4" in proc.stderr
+
+
+@pytest.mark.parametrize("application, files", [
+    ("motion", {"motions.png", "samples.pt", "input0_sample0.gif", "input0_sample0.mp4"}),
+    pytest.param("gan", {"samples.png", "samples_native.png", "samples.pt"}, marks=needs_weights),
+])
+def test_demo_samples_with_the_shipped_checkpoint(tmp_path, application, files):
+    out = tmp_path / "demo"
+    proc = run_dfm("demo", application, "--out", str(out), "sample.steps=3", "sample.num_samples=2", "sample_inputs=1", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert files <= {p.name for p in (out / "samples").iterdir()}
