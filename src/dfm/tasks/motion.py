@@ -120,16 +120,17 @@ def sample_motions(model: DFM, frames: Tensor, num_samples: int, seed: int = 0, 
     ctxt = frames.to(device).repeat_interleave(n, 0)
     generator = torch.Generator(device).manual_seed(seed)
     out = model.sample(ctxt, None, ctxt, tuple(ctxt.shape), generator=generator, **sampler_kwargs)
-    unflat = lambda x: x.view(b, n, *x.shape[1:]).cpu()  # noqa: E731
-    return unflat(out.observation), MotionField(unflat(out.signal.flow), unflat(out.signal.metric))
+
+    def per_frame(x: Tensor) -> Tensor:
+        return x.view(b, n, *x.shape[1:]).cpu()
+
+    return per_frame(out.observation), MotionField(per_frame(out.signal.flow), per_frame(out.signal.metric))
 
 
 def motion_video(frame: Tensor, motion: MotionField, steps: int = 12, mode: str = "softmax") -> list[Tensor]:
     """The frame moving along its motion: forward warps by ``s * flow`` for s from 0 to 1 and back."""
     ramp = [s / (steps - 1) for s in range(steps)]
-    warped = [
-        softsplat(frame[None], s * motion.flow[None], motion.metric[None], mode)[0][0] for s in ramp
-    ]
+    warped = [softsplat(frame[None], s * motion.flow[None], motion.metric[None], mode)[0][0] for s in ramp]
     return warped + warped[::-1]
 
 
@@ -156,8 +157,8 @@ class MotionTask(Task):
         return FramePairs(root, "train", self.cfg.data.resolution)
 
     def test_frames(self, count: int) -> tuple[Tensor, Tensor]:
-        """The first ``count`` test pairs (context frames, true next frames), spread over sequences."""
-        pairs = FramePairs(self.cfg.data.root, "test", self.cfg.data.resolution).pairs
+        """``count`` test pairs (context frames, true next frames), evenly spaced over the test split."""
+        pairs = Vimeo90K(self.cfg.data.root, "test", self.cfg.data.resolution)
         step = max(1, len(pairs) // count)
         items = [pairs[i] for i in range(0, step * count, step)[: len(pairs)]]
         return torch.stack([it["ctxt_obs"] for it in items]), torch.stack([it["trgt_obs"] for it in items])
