@@ -9,6 +9,7 @@ baseline (``invert``) fits one latent per image to the patch with Adam.
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -150,7 +151,9 @@ class GanTask(Task):
         self.generator = load_generator(g.path, g.architecture, latent_dim=g.latent_dim)
 
     def observe(self, resolution: int | None) -> GeneratorForward:
-        return GeneratorForward(self.generator, resolution)
+        """A forward model with its own copy of the generator, so that moving the model to a GPU
+        leaves the copies of the data pipeline and of the evaluation code on the CPU."""
+        return GeneratorForward(copy.deepcopy(self.generator), resolution)
 
     def build_model(self) -> DFM:
         m, g = self.cfg.model, self.cfg.generator
