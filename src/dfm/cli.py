@@ -175,13 +175,16 @@ def parser() -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", help="write a procedural dataset to disk", description="Write a procedural dataset.")
     kinds = data.add_subparsers(dest="kind", required=True, metavar="KIND")
-    m = kinds.add_parser("motion", help="sprites with ambiguous motion, in the Vimeo90K layout",
+    written = argparse.ArgumentParser(add_help=False)  # what every generator takes
+    written.add_argument("--out", required=True, help="output directory")
+    written.add_argument("--test-fraction", type=float, default=0.1, help="share of the data in the test list")
+    written.add_argument("--seed", type=int, default=0, help="random seed")
+    m = kinds.add_parser("motion", parents=[written], help="sprites with ambiguous motion, in the Vimeo90K layout",
                          description="Sprites sliding over a static textured background, each in one of DIRECTIONS "
                          "directions drawn uniformly, so one frame cannot tell which way it goes. Writes "
                          "OUT/sequences/XXXXX/YYYY/im1.png... (+ meta.json), the train/test list files and "
                          "generator.json, exactly like Vimeo90K triplets (--frames 3) or septuplets (--frames 7).",
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    m.add_argument("--out", required=True, help="output directory")
     m.add_argument("--sequences", type=int, default=20000, help="number of sequences")
     m.add_argument("--res", type=int, default=32, help="frame size in pixels (square)")
     m.add_argument("--frames", type=int, default=3, choices=[3, 7], help="frames per sequence")
@@ -190,25 +193,20 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--speed", type=float, default=3.0, help="pixels per frame")
     m.add_argument("--min-radius", type=float, default=4.0, help="smallest sprite radius in pixels")
     m.add_argument("--max-radius", type=float, default=7.0, help="largest sprite radius in pixels")
-    m.add_argument("--test-fraction", type=float, default=0.1, help="share of sequences in the test list")
-    m.add_argument("--seed", type=int, default=0, help="random seed")
     m.set_defaults(func=cmd_data_motion)
 
-    s3 = kinds.add_parser("synth3d", help="primitives with a hidden side of random palette colour, multi-view",
+    s3 = kinds.add_parser("synth3d", parents=[written], help="primitives with a hidden side of random palette colour, multi-view",
                           description="Scenes of one primitive rendered analytically (exact depth and mask) from an "
                           "orbit of cameras. The side hidden from the context camera (view 0) has a colour drawn "
                           "uniformly from a palette, so given view 0 the posterior of that colour is uniform. Writes "
                           "OUT/scenes/NNNNNN/{images,masks}/VVV.png, depth.npy, cameras.json (OpenCV c2w, normalised "
                           "K), meta.json, plus train.txt, test.txt and generator.json.",
                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    s3.add_argument("--out", required=True, help="output directory")
     s3.add_argument("--scenes", type=int, default=2000, help="number of scenes")
     s3.add_argument("--res", type=int, default=32, help="image size in pixels (square)")
     s3.add_argument("--views", type=int, default=8, help="cameras per scene, on an orbit starting at the context view")
     s3.add_argument("--colours", type=int, default=4, help="palette size K (the first K of red, green, blue, yellow)")
     s3.add_argument("--shapes", default="sphere,box,cylinder", help="comma-separated primitives")
-    s3.add_argument("--test-fraction", type=float, default=0.1, help="share of scenes in test.txt")
-    s3.add_argument("--seed", type=int, default=0, help="random seed")
     s3.set_defaults(func=cmd_data_synth3d)
 
     i = sub.add_parser("invert", help="GAN inversion by optimisation (the baseline), written like samples",

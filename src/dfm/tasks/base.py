@@ -16,6 +16,7 @@ from torch.utils.data import Dataset
 
 from dfm.diffusion import SPACINGS, NoiseSchedule
 from dfm.model import DFM, Regularizer
+from dfm.networks.dit import DiT
 from dfm.samplers import SAMPLERS
 
 
@@ -27,6 +28,23 @@ class ObjectiveConfig:
     p_uncond: float = 0.1  # per-sample probability of dropping the context (for guidance)
     deterministic: bool = False  # train the same network as a plain regressor (baseline)
     diffusion_steps: int = 1000
+
+
+@dataclass
+class DiTConfig:
+    """A task's DiT encoder: a preset size (``dfm.networks.dit.SIZES``) that width/depth/heads override."""
+
+    size: str = "XS"
+    width: int | None = None
+    depth: int | None = None
+    heads: int | None = None
+    patch_size: int = 2
+
+    def build(self, in_channels: int, out_channels: int) -> DiT:
+        return DiT(
+            in_channels, out_channels, size=self.size, patch_size=self.patch_size,
+            width=self.width, depth=self.depth, heads=self.heads,
+        )
 
 
 @dataclass

@@ -23,7 +23,7 @@ from dfm.diffusion import NoiseSchedule
 from dfm.generators import GeneratorForward, invert_patch, load_generator, truncated_latents
 from dfm.model import DFM
 from dfm.networks.dit import DiT
-from dfm.tasks.base import ObjectiveConfig, SampleConfig, Task
+from dfm.tasks.base import DiTConfig, ObjectiveConfig, SampleConfig, Task
 from dfm.training import TrainConfig
 from dfm.visualize import save_image, to_chw, to_uint8
 
@@ -34,15 +34,6 @@ class GeneratorConfig:
     architecture: str = "dcgan64"
     latent_dim: int = 100
     psi: float = 0.5  # truncation of the ground-truth latents (as in the paper)
-
-
-@dataclass
-class GanModelConfig:
-    size: str = "XS"  # DiT size (dfm.networks.dit.SIZES); width/depth/heads override it
-    width: int | None = None
-    depth: int | None = None
-    heads: int | None = None
-    patch_size: int = 2
 
 
 @dataclass
@@ -65,7 +56,7 @@ class GanConfig:
     dataset_size: int = 1_000_000  # images are generated on the fly from (data_seed, index)
     data_seed: int = 0
     held_out_seed: int = 1_000_003  # images for samples, previews and benchmarks (not the training stream)
-    model: GanModelConfig = field(default_factory=GanModelConfig)
+    model: DiTConfig = field(default_factory=lambda: DiTConfig(patch_size=4))  # a global read-out needs no fine tokens
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=lambda: SampleConfig(num_samples=8))
@@ -157,7 +148,7 @@ class GanTask(Task):
 
     def build_model(self) -> DFM:
         m, g = self.cfg.model, self.cfg.generator
-        dit = DiT(7, g.latent_dim, size=m.size, patch_size=m.patch_size, width=m.width, depth=m.depth, heads=m.heads)
+        dit = m.build(7, g.latent_dim)
         schedule = NoiseSchedule(self.cfg.objective.diffusion_steps)
         return self.make_dfm(LatentDenoiser(dit, g.latent_dim, g.psi), self.observe(self.cfg.resolution), schedule)
 

@@ -25,7 +25,7 @@ from dfm.model import DFM
 from dfm.networks.dit import DiT
 from dfm.regularizers import edge_aware_smoothness
 from dfm.splatting import MODES, softsplat
-from dfm.tasks.base import ObjectiveConfig, SampleConfig, Task
+from dfm.tasks.base import DiTConfig, ObjectiveConfig, SampleConfig, Task
 from dfm.training import TrainConfig
 from dfm.visualize import flow_to_color, save_image, save_video, to_chw, to_uint8
 
@@ -83,12 +83,7 @@ class FramePairs(Dataset):
 
 
 @dataclass
-class MotionModelConfig:
-    size: str = "XS"  # DiT size (dfm.networks.dit.SIZES); width/depth/heads override it
-    width: int | None = None
-    depth: int | None = None
-    heads: int | None = None
-    patch_size: int = 2
+class MotionModelConfig(DiTConfig):
     flow_scale: float = 4.0  # pixels per unit of network output
     splatting: str = "softmax"  # summation | average | linear | softmax
 
@@ -139,7 +134,7 @@ class MotionTask(Task):
 
     def build_model(self) -> DFM:
         m = self.cfg.model
-        dit = DiT(6, 3, size=m.size, patch_size=m.patch_size, width=m.width, depth=m.depth, heads=m.heads)
+        dit = m.build(6, 3)
         gamma = self.cfg.smoothness_edge_weight
         regularizers = {
             "smoothness": lambda signal, batch, predictions: edge_aware_smoothness(signal.flow, batch["trgt_params"], gamma)
