@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench bench-motion bench-gan install clean
+.PHONY: demo test bench bench-motion bench-gan bench-scenes bench-step install clean
 
 $(STAMP): pyproject.toml Makefile
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -22,6 +22,7 @@ demo: $(STAMP)
 	$(BIN)/dfm demo --out outputs/demo
 	$(BIN)/dfm demo motion --out outputs/demo_motion
 	$(BIN)/dfm demo gan --out outputs/demo_gan
+	$(BIN)/dfm demo scenes --out outputs/demo_scenes
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
@@ -35,6 +36,13 @@ bench-motion: $(STAMP)
 
 bench-gan: $(STAMP)
 	$(BIN)/python benchmarks/gan.py
+
+bench-scenes: $(STAMP)
+	$(BIN)/python benchmarks/scenes.py
+
+# one training step of the paper-scale 3-D model on this CPU (needs ~tens of GB of RAM and minutes)
+bench-step: $(STAMP)
+	$(BIN)/python benchmarks/step.py
 
 clean:
 	rm -rf outputs runs

@@ -94,10 +94,10 @@ def trained(tmp_path_factory) -> Path:
 @pytest.mark.parametrize(
     "argv, needles",
     [
-        ([], ["train", "sample", "demo", "data", "invert", "export", "built-in configs: gan_faces, motion_sprites, toy_gmm, toy_manifold", "train.steps=500"]),
+        ([], ["train", "sample", "demo", "data", "invert", "export", "built-in configs: gan_faces, motion_sprites, scenes_paper, scenes_synth3d, toy_gmm, toy_manifold", "train.steps=500"]),
         (["train"], ["key=value", "built-in", "--resume", "Unknown keys are an error", "tb/"]),
         (["sample"], ["checkpoint", "sample.steps=10", "--out", "EMA"]),
-        (["demo"], ["--steps", "--out", "--config", "toy_gmm", "{toy,motion,gan}", "shipped checkpoint"]),
+        (["demo"], ["--steps", "--out", "--config", "toy_gmm", "{toy,motion,gan,scenes}", "shipped checkpoint"]),
         (["data", "motion"], ["Vimeo90K", "--sequences", "--directions", "--frames {3,7}", "(default: 20000)"]),
         (["data", "synth3d"], ["posterior of that colour is uniform", "--scenes", "--colours", "cameras.json"]),
         (["invert"], ["inversion.steps", "Adam", "--out"]),

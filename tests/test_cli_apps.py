@@ -105,6 +105,7 @@ def test_synth3d_data_is_read_back(tmp_path):
 @pytest.mark.parametrize("application, files", [
     ("motion", {"motions.png", "samples.pt", "input0_sample0.gif", "input0_sample0.mp4"}),
     pytest.param("gan", {"samples.png", "samples_native.png", "samples.pt"}, marks=needs_weights),
+    ("scenes", {"input0.png", "input0.pt", "input0_sample0.gif", "input0_sample0.mp4", "input0_sample1.ply"}),
 ])
 def test_demo_samples_with_the_shipped_checkpoint(tmp_path, application, files):
     out = tmp_path / "demo"

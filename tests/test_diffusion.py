@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 from diffusers import DDPMScheduler
 
@@ -45,3 +46,17 @@ def test_sampling_timesteps():
     r = (((1 - abar) / abar).sqrt()) ** (1 / 7)
     d = r[:-1] - r[1:]
     torch.testing.assert_close(d, d.mean().expand_as(d), rtol=2e-3, atol=1e-6)
+
+
+def test_timestep_bias_draws_high_noise_more_often_in_proportion():
+    s = NoiseSchedule(num_steps=10)
+    g = torch.Generator().manual_seed(0)
+    t = s.sample_timesteps(200_000, g, bias=1.0)
+    assert ((t >= 0) & (t <= 9) & (t == t.round())).all()
+    freq = torch.bincount(t.long(), minlength=10).double() / len(t)
+    expected = torch.arange(1, 11, dtype=torch.float64) / 55  # p(t) proportional to t + 1
+    torch.testing.assert_close(freq, expected, atol=3e-3, rtol=0)
+    uniform = torch.bincount(s.sample_timesteps(100_000, g).long(), minlength=10).double() / 100_000
+    torch.testing.assert_close(uniform, torch.full((10,), 0.1, dtype=torch.float64), atol=4e-3, rtol=0)
+    with pytest.raises(ValueError, match="bias must be >= 0"):
+        s.sample_timesteps(4, g, bias=-1.0)

@@ -94,6 +94,35 @@ def test_forward_returns_target_novel_and_their_sum():
     assert ((call["t"] >= 0) & (call["t"] <= 999) & (call["t"] == call["t"].round())).all()
 
 
+class RenderingProjection(LinearProjection):
+    """A forward model that returns a mapping: the observation and a by-product, and renders only the
+    first observation entry (a "patch") when the params say so."""
+
+    def forward(self, signal, params):
+        obs = super().forward(signal, params)
+        return {"observation": obs[:, :1], "norm": signal.norm(dim=-1)}
+
+
+def test_forward_models_may_return_a_mapping_and_render_only_trgt_pixels():
+    den = Probe()
+    seen = {}
+
+    def regularizer(signal, batch, predictions):
+        seen.update(predictions)
+        return predictions["target"]["norm"].mean()
+
+    model = DFM(den, RenderingProjection(), p_uncond=0.0, regularizers={"norm": regularizer})
+    batch = make_batch()
+    batch["trgt_pixels"] = batch["trgt_obs"][:, :1]
+    batch["novel_obs"] = batch["novel_obs"][:, :1]
+    losses = model(batch, generator=gen())
+    signal = den.calls[-1]["signal"]
+    target = torch.einsum("bmd,bd->bm", batch["trgt_params"], signal)[:, :1]
+    torch.testing.assert_close(losses["target"], F.mse_loss(target, batch["trgt_pixels"]))
+    torch.testing.assert_close(losses["norm"], signal.norm(dim=-1).mean())
+    assert set(seen) == {"target", "novel"}
+
+
 def test_weighted_sum_and_missing_novel():
     model = DFM(Probe(), LinearProjection(), loss_weights={"target": 2.0, "novel": 0.25}, p_uncond=0.0)
     losses = model(make_batch(), generator=gen())

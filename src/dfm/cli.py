@@ -12,7 +12,7 @@ from dfm.generators import GeneratorError
 from dfm.training import CheckpointError, TrainingError, TrainingInterrupted
 
 PRETRAINED = Path(__file__).parent / "pretrained"  # small checkpoints shipped with the package
-PRETRAINED_RUNS = {"motion": "motion_sprites", "gan": "gan_faces"}  # demo -> shipped checkpoint
+PRETRAINED_RUNS = {"motion": "motion_sprites", "gan": "gan_faces", "scenes": "scenes_synth3d"}  # demo -> shipped checkpoint
 
 EPILOG = """\
 examples:
@@ -24,6 +24,8 @@ examples:
   dfm demo                                   train a small model and write samples + videos
   dfm demo motion                            sample motions of unseen frames with the shipped model
   dfm demo gan                               sample faces that agree with a small patch (shipped model)
+  dfm demo scenes                            sample 3-D scenes that agree with one image (shipped model)
+  dfm sample runs/scenes_synth3d --image view.png --camera cameras.json   3-D scenes from your own image
   dfm invert gan_faces                       the optimisation baseline: fit one latent per patch
   dfm data motion --out data/motion_sprites  write the procedural motion dataset (Vimeo90K layout)
   dfm export runs/motion_sprites my_model    keep only what sampling needs (EMA weights + config)
@@ -50,7 +52,14 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     task, model = load_trained(args.checkpoint, args.overrides)
     out = Path(args.out) if args.out else Path(task.cfg.out_dir) / "samples"
-    _report(task.write_samples(model, out))
+    if (args.image is None) != (args.camera is None):
+        raise ValueError("--image and --camera go together: an input image and the cameras.json of its camera")
+    if args.image is None:
+        _report(task.write_samples(model, out))
+    elif not hasattr(task, "sample_image"):
+        raise ValueError(f"task {task.cfg.task!r} does not sample from an input image (the scenes task does)")
+    else:
+        _report(task.sample_image(model, Path(args.image), Path(args.camera), out))
     return 0
 
 
@@ -69,7 +78,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def demo_pretrained(args: argparse.Namespace) -> int:
     """Sample unseen inputs with a checkpoint shipped in the package (motion: freshly generated sprite
-    frames; gan: held-out patches of generated faces)."""
+    frames; gan: held-out patches of generated faces; scenes: freshly generated Synth3D scenes)."""
     from dfm.runs import load_trained
 
     out = Path(args.out)
@@ -78,6 +87,11 @@ def demo_pretrained(args: argparse.Namespace) -> int:
         from dfm.data.sprites import SpriteMotion, write_dataset
 
         data = write_dataset(out / "data", SpriteMotion(), sequences=8, test_fraction=0.5, seed=args.seed, progress=False)
+        overrides.append(f"data.root={data}")
+    elif args.application == "scenes":
+        from dfm.data.synth3d import Synth3D, write_dataset
+
+        data = write_dataset(out / "data", Synth3D(), scenes=6, test_fraction=0.5, seed=args.seed, progress=False)
         overrides.append(f"data.root={data}")
     else:
         overrides.append(f"held_out_seed={args.seed}")
@@ -157,6 +171,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("checkpoint", help="run directory or checkpoint directory")
     s.add_argument("overrides", nargs="*", help="key=value overrides, e.g. sample.steps=10")
     s.add_argument("--out", help="output directory (default: OUT_DIR/samples of the run)")
+    s.add_argument("--image", help="scenes: sample scenes from this image (PNG/JPEG at the model's resolution) ...")
+    s.add_argument("--camera", help="... seen by view 0 of this cameras.json (OpenCV c2w, normalised K; the format "
+                   "of `dfm data synth3d`); the scene is centred at the world origin, +z up")
     s.set_defaults(func=cmd_sample)
 
     d = sub.add_parser("demo", help="show an application: samples, images and videos in a few minutes",
@@ -164,12 +181,14 @@ def parser() -> argparse.ArgumentParser:
                        "beside the exact posterior, plus a video of the sampling trajectory. motion: generate unseen "
                        "sprite frames and sample their motions with the shipped checkpoint (next frames, flows as "
                        "colour wheels, a GIF/MP4 per sample). gan: sample faces that agree with small patches of "
-                       "held-out generated faces with the shipped checkpoint (grids at 32x32 and at 64x64).")
+                       "held-out generated faces with the shipped checkpoint (grids at 32x32 and at 64x64). scenes: "
+                       "generate unseen Synth3D scenes and sample 3-D scenes from each one's context view with the "
+                       "shipped checkpoint (views grid, RGB + depth orbit GIF/MP4 and a .ply point cloud per sample).")
     d.add_argument("application", nargs="?", default="toy", choices=["toy", *PRETRAINED_RUNS], help="what to demo (default: toy)")
     d.add_argument("--config", default="toy_gmm", help="toy: config to train (default: toy_gmm)")
     d.add_argument("--out", default="outputs/demo", help="output directory (default: outputs/demo)")
     d.add_argument("--steps", type=int, default=3000, help="toy: training steps (default: 3000, about a minute)")
-    d.add_argument("--seed", type=int, default=2024, help="motion/gan: seed of the inputs and samples (default: 2024)")
+    d.add_argument("--seed", type=int, default=2024, help="motion/gan/scenes: seed of the inputs and samples (default: 2024)")
     d.add_argument("overrides", nargs="*", help="key=value overrides")
     d.set_defaults(func=cmd_demo)
 

@@ -61,9 +61,15 @@ class NoiseSchedule(nn.Module):
         abar = self.alpha_bar(t).to(x0.dtype).view(-1, *([1] * (x0.ndim - 1)))
         return abar.sqrt() * x0 + (1 - abar).sqrt() * noise
 
-    def sample_timesteps(self, n: int, generator: torch.Generator | None = None, device=None) -> Tensor:
-        """Uniform integer training timesteps, as floats."""
-        return torch.randint(0, self.num_steps, (n,), generator=generator, device=device).float()
+    def sample_timesteps(self, n: int, generator: torch.Generator | None = None, device=None, bias: float = 0.0) -> Tensor:
+        """Integer training timesteps, as floats: uniform, or with ``bias > 0`` drawn with probability
+        proportional to ``(t + 1) ** bias`` (more of them at high noise)."""
+        if bias == 0:
+            return torch.randint(0, self.num_steps, (n,), generator=generator, device=device).float()
+        if bias < 0:
+            raise ValueError(f"timestep bias must be >= 0, got {bias}")
+        weights = torch.arange(1, self.num_steps + 1, dtype=torch.float64, device=device) ** bias
+        return torch.multinomial(weights, n, replacement=True, generator=generator).float()
 
     def sampling_timesteps(
         self, steps: int, spacing: str = "uniform", rho: float = 7.0, sigma_max: float = 80.0

@@ -10,8 +10,11 @@ step's clean estimate is ``forward(denoise(context, x_t, t), target params)``, a
 observation together with the signal that produced it.
 
 A batch is a dict with the keys ``ctxt_obs``, ``trgt_obs`` and optionally ``ctxt_params``,
-``trgt_params`` (None when absent), ``novel_obs``, ``novel_params``; observations are tensors with
-the batch first, params are whatever the denoiser and forward model accept.
+``trgt_params`` (None when absent), ``trgt_pixels``, ``novel_obs``, ``novel_params``; observations are
+tensors with the batch first, params are whatever the denoiser and forward model accept.
+``trgt_pixels`` is the part of the target that ``forward(signal, trgt_params)`` renders when that is
+not the whole of ``trgt_obs`` (e.g. a random patch: the denoiser sees the whole noisy target, the
+loss compares only the rendered patch); ``novel_obs`` is always what ``novel_params`` renders.
 """
 
 from __future__ import annotations
@@ -35,15 +38,24 @@ class Denoiser(Protocol):
 
 
 class ForwardModel(Protocol):
-    """A known, differentiable, batched map from a signal and parameters to an observation."""
+    """A known, differentiable, batched map from a signal and parameters to an observation.
 
-    def __call__(self, signal: Any, params: Any) -> Tensor: ...
+    It returns the observation, or a mapping with the observation under ``"observation"`` and any
+    by-products that regularisers use (a renderer's depth, opacity, ray weights, ...)."""
+
+    def __call__(self, signal: Any, params: Any) -> Tensor | Mapping[str, Any]: ...
+
+
+def observation(rendered: Tensor | Mapping[str, Any]) -> Tensor:
+    """The observation in a forward model's output (see ``ForwardModel``)."""
+    return rendered["observation"] if isinstance(rendered, Mapping) else rendered
 
 
 class Regularizer(Protocol):
-    """A task's extra loss term, given the signal, the batch and the rendered predictions."""
+    """A task's extra loss term, given the signal, the batch and the forward model's outputs
+    (``predictions["target"]``, and ``predictions["novel"]`` when the novel term is on)."""
 
-    def __call__(self, signal: Any, batch: Batch, predictions: Mapping[str, Tensor]) -> Tensor: ...
+    def __call__(self, signal: Any, batch: Batch, predictions: Mapping[str, Any]) -> Tensor: ...
 
 
 class Sample(NamedTuple):
@@ -71,6 +83,9 @@ class DFM(nn.Module):
         deterministic: train a plain regressor with the same network instead of a diffusion model:
             the denoiser always sees an all-zero target at the highest noise level, so it learns
             the posterior mean of the signal; sampling returns that mean.
+        timestep_bias: train more often at high noise: ``t`` has density proportional to
+            ``(t + 1) ** timestep_bias`` (0: uniform). Where the posterior has several modes, the choice
+            between them is made at the highest noise levels; this gives them more of the training.
     """
 
     def __init__(
@@ -83,6 +98,7 @@ class DFM(nn.Module):
         regularizers: Mapping[str, Regularizer] | None = None,
         p_uncond: float = 0.1,
         deterministic: bool = False,
+        timestep_bias: float = 0.0,
     ):
         super().__init__()
         self.denoiser = denoiser
@@ -96,6 +112,7 @@ class DFM(nn.Module):
         self.loss_weights.update(loss_weights or {})
         self.p_uncond = p_uncond
         self.deterministic = deterministic
+        self.timestep_bias = timestep_bias
 
     def forward(self, batch: Batch, generator: torch.Generator | None = None) -> dict[str, Tensor]:
         """The training objective: a dict of named losses, with their weighted sum under ``loss``."""
@@ -110,17 +127,17 @@ class DFM(nn.Module):
         if self.deterministic:
             noisy, t = self.blind_target(trgt.shape, device, trgt.dtype)
         else:
-            t = self.schedule.sample_timesteps(n, generator, device)
+            t = self.schedule.sample_timesteps(n, generator, device, bias=self.timestep_bias)
             noise = torch.randn(trgt.shape, generator=generator, device=device, dtype=trgt.dtype)
             noisy = self.schedule.add_noise(trgt, t, noise)
 
         signal = self.denoiser(ctxt, batch.get("ctxt_params"), noisy, t, batch.get("trgt_params"))
 
         predictions = {"target": self.forward_model(signal, batch.get("trgt_params"))}
-        losses = {"target": F.mse_loss(predictions["target"], trgt)}
+        losses = {"target": F.mse_loss(observation(predictions["target"]), batch.get("trgt_pixels", trgt))}
         if self.loss_weights["novel"] and "novel_obs" in batch:
             predictions["novel"] = self.forward_model(signal, batch["novel_params"])
-            losses["novel"] = F.mse_loss(predictions["novel"], batch["novel_obs"])
+            losses["novel"] = F.mse_loss(observation(predictions["novel"]), batch["novel_obs"])
         for name, regularizer in self.regularizers.items():
             if self.loss_weights[name]:
                 losses[name] = regularizer(signal, batch, predictions)
@@ -160,7 +177,7 @@ class DFM(nn.Module):
         device = ctxt_obs.device
         if self.deterministic:
             signal = self.denoiser(ctxt_obs, ctxt_params, *self.blind_target(shape, device, ctxt_obs.dtype), trgt_params)
-            return Sample(self.forward_model(signal, trgt_params), signal)
+            return Sample(observation(self.forward_model(signal, trgt_params)), signal)
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r}; available: {sorted(SAMPLERS)}")
 
@@ -184,7 +201,7 @@ class GuidedX0:
     def _observe(self, ctxt_obs: Tensor, x: Tensor, t: Tensor) -> tuple[Any, Tensor]:
         t = t.to(x.device).expand(x.shape[0])
         signal = self.model.denoiser(ctxt_obs, self.ctxt_params, x, t, self.trgt_params)
-        return signal, self.model.forward_model(signal, self.trgt_params)
+        return signal, observation(self.model.forward_model(signal, self.trgt_params))
 
     def __call__(self, x: Tensor, t: Tensor) -> Tensor:
         self.signal, x0 = self._observe(self.ctxt_obs, x, t)

@@ -64,3 +64,25 @@ def flow_to_color(flow: torch.Tensor, max_norm: float | None = None) -> torch.Te
     hsv = torch.stack([hue, saturation, torch.ones_like(hue)], dim=-1).numpy()
     rgb = matplotlib.colors.hsv_to_rgb(hsv)
     return torch.from_numpy(rgb).permute(2, 0, 1).float() * 2 - 1
+
+
+def depth_to_color(depth: torch.Tensor, opacity: torch.Tensor, near: float, far: float) -> torch.Tensor:
+    """A ``(1, H, W)`` depth map (near bright, far dark, through matplotlib's ``turbo``) faded to black
+    where ``opacity`` ``(1, H, W)`` is low, as a ``(3, H, W)`` image in [-1, 1]."""
+    closeness = (1 - (depth[0] - near) / (far - near)).clamp(0, 1).cpu().numpy()
+    rgb = torch.from_numpy(plt.get_cmap("turbo")(closeness)[..., :3]).permute(2, 0, 1).float()
+    return (rgb * opacity.cpu().clamp(0, 1)) * 2 - 1
+
+
+def write_ply(path: Path, points: torch.Tensor, colours: torch.Tensor) -> Path:
+    """An ASCII PLY point cloud: ``points`` ``(P, 3)`` with ``colours`` ``(P, 3)`` in [0, 1]."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rgb = (colours.clamp(0, 1) * 255).round().to(torch.uint8)
+    header = (
+        f"ply\nformat ascii 1.0\nelement vertex {len(points)}\n"
+        "property float x\nproperty float y\nproperty float z\n"
+        "property uchar red\nproperty uchar green\nproperty uchar blue\nend_header\n"
+    )
+    body = "".join(f"{x:.5f} {y:.5f} {z:.5f} {r} {g} {b}\n" for (x, y, z), (r, g, b) in zip(points.tolist(), rgb.tolist()))
+    path.write_text(header + body)
+    return path

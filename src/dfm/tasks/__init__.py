@@ -6,7 +6,8 @@ from importlib import import_module
 
 from dfm.tasks.base import Task
 
-TASKS = {"toy": "dfm.tasks.toy:ToyTask", "motion": "dfm.tasks.motion:MotionTask", "gan": "dfm.tasks.gan:GanTask"}
+TASKS = {"toy": "dfm.tasks.toy:ToyTask", "motion": "dfm.tasks.motion:MotionTask", "gan": "dfm.tasks.gan:GanTask",
+         "scenes": "dfm.tasks.scenes:ScenesTask"}
 
 
 def task_class(name: str) -> type[Task]:

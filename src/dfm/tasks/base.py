@@ -28,6 +28,7 @@ class ObjectiveConfig:
     p_uncond: float = 0.1  # per-sample probability of dropping the context (for guidance)
     deterministic: bool = False  # train the same network as a plain regressor (baseline)
     diffusion_steps: int = 1000
+    timestep_bias: float = 0.0  # > 0 trains more at high noise: p(t) proportional to (t + 1)^bias
 
 
 @dataclass
@@ -39,11 +40,12 @@ class DiTConfig:
     depth: int | None = None
     heads: int | None = None
     patch_size: int = 2
+    checkpointing: bool = False  # recompute block activations in the backward pass (less memory)
 
     def build(self, in_channels: int, out_channels: int) -> DiT:
         return DiT(
             in_channels, out_channels, size=self.size, patch_size=self.patch_size,
-            width=self.width, depth=self.depth, heads=self.heads,
+            width=self.width, depth=self.depth, heads=self.heads, checkpointing=self.checkpointing,
         )
 
 
@@ -83,13 +85,16 @@ class Task(ABC):
         self.cfg = cfg
 
     def make_dfm(
-        self, denoiser: nn.Module, forward_model: Any, schedule: NoiseSchedule, regularizers: Mapping[str, Regularizer] | None = None
+        self, denoiser: nn.Module, forward_model: Any, schedule: NoiseSchedule, regularizers: Mapping[str, Regularizer] | None = None,
+        loss_weights: Mapping[str, float] | None = None,
     ) -> DFM:
+        """The DFM of this task's objective config; ``loss_weights`` replaces the config's weights
+        (e.g. with the terms a model cannot use switched off)."""
         o = self.cfg.objective
         return DFM(
             denoiser, forward_model, schedule,
-            loss_weights=dict(o.loss_weights), regularizers=regularizers,
-            p_uncond=o.p_uncond, deterministic=o.deterministic,
+            loss_weights=dict(o.loss_weights if loss_weights is None else loss_weights), regularizers=regularizers,
+            p_uncond=o.p_uncond, deterministic=o.deterministic, timestep_bias=o.timestep_bias,
         )
 
     @abstractmethod

@@ -1,0 +1,238 @@
+"""Time and memory of ONE training step of a 3-D scenes config on the CPU (default: ``scenes_paper``).
+
+One step is what the trainer does per batch: the DFM objective's forward pass, the backward pass,
+gradient clipping and the config's optimiser update (fused AdamW by default; ``--no-optimizer``: forward + backward only). The batch is
+synthetic but has exactly the layout of ``SceneViews`` collated at batch size 1: the config's
+resolution and context views, a target and a novel view (a ``data.patch_size`` patch of each when
+the config trains on patches), real cameras on an orbit (8 views at radius 3.2, 25 degrees up, 45
+degree field of view) and random images in [-1, 1].
+
+Every configuration runs in a fresh process, so that its memory figures are its own:
+
+- process peak: ``getrusage(RUSAGE_SELF).ru_maxrss`` (model building and warm-up included; read before
+  and after the timed steps, since resetting ``VmHWM`` lowers it as well);
+- step peak: the resident set's high-water mark (``VmHWM``) over the timed steps only, reset before
+  them through ``/proc/self/clear_refs``; where the reset is refused, the largest ``VmRSS`` seen by a
+  thread sampling it every 2 ms;
+- after building: ``VmRSS`` with the model and optimiser built, before any step (weights, the interpreter);
+- before step: ``VmRSS`` just before the timed steps, after the warm-up and ``malloc_trim`` (weights and
+  AdamW states: what stays resident between steps).
+
+``--variants`` measures changed configurations in the same run, e.g. ``odet_full``: O_det (the
+context-only render given to the target encoder) at the full image resolution with its activations
+stored, as the published code does, instead of this config's half resolution recomputed in the
+backward pass.
+
+    python benchmarks/step.py --variants odet_full
+    python benchmarks/step.py model.encoder.size=T model.field.width=64 --threads 1 --steps 1   # a tiny check
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import multiprocessing as mp
+import platform
+import resource
+import shlex
+import sys
+import threading
+import time
+import warnings
+
+import torch
+
+VARIANTS = {
+    "odet_full": ["model.render.context_resolution=null", "model.render.context_checkpoint=false"],  # as published
+    "odet_off": ["model.render.context_samples=0"],  # no O_det and no L_cond
+    "no_checkpointing": ["model.encoder.checkpointing=false"],  # keep the DiT's activations
+    "one_field": ["model.field.coarse_network=false"],  # one field for the coarse and fine passes
+    "adafactor": ["train.optimizer=adafactor"],  # factored optimiser state instead of AdamW's two moments
+}
+PUBLISHED = ("published code (quoted)", 107.0, 23.4)  # s / step, GB
+TARGET_GB, TARGET_S = 8.0, 107.0
+GB = 1e9
+
+
+def proc_status(key: str) -> int:
+    """A ``/proc/self/status`` field in bytes (``VmRSS``, ``VmHWM``)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    raise KeyError(key)
+
+
+class RssSampler(threading.Thread):
+    """The largest ``VmRSS`` seen every ``interval`` seconds until :meth:`stop`."""
+
+    def __init__(self, interval: float = 0.002):
+        super().__init__(daemon=True)
+        self.interval, self.peak, self._done = interval, 0, threading.Event()
+
+    def run(self) -> None:
+        while not self._done.is_set():
+            self.peak = max(self.peak, proc_status("VmRSS"))
+            self._done.wait(self.interval)
+
+    def stop(self) -> int:
+        self._done.set()
+        self.join()
+        return self.peak
+
+
+def synthetic_batch(resolution: int, context_views: int, patch_size: int | None, seed: int = 0) -> dict:
+    """What ``SceneViews`` gives for one item, collated with batch size 1."""
+    from dfm.cameras import intrinsics_from_fov, orbit
+
+    g = torch.Generator().manual_seed(seed)
+    c2w, K = orbit(8, 3.2, 25.0), intrinsics_from_fov(45.0)
+    target, novel = 4, 2  # opposite the context view 0, and a side view
+    context = [0, *[v for v in range(1, 8) if v not in (target, novel)]][:context_views]
+    r = resolution
+
+    def image(*shape: int) -> torch.Tensor:
+        return torch.rand(*shape, generator=g) * 2 - 1
+
+    def cameras(view) -> dict[str, torch.Tensor]:
+        return {"c2w": c2w[view][None], "K": (K.repeat(len(view), 1, 1) if isinstance(view, list) else K)[None]}
+
+    batch = {
+        "ctxt_obs": image(1, len(context), 3, r, r), "ctxt_params": cameras(context),
+        "trgt_obs": image(1, 3, r, r), "trgt_params": cameras(target),
+        "novel_obs": image(1, 3, r, r), "novel_params": cameras(novel),
+    }
+    if patch_size is not None:
+        p = patch_size
+        (top, left), (novel_top, novel_left) = torch.randint(0, r - p + 1, (2, 2), generator=g).tolist()
+        batch["trgt_params"]["patch"] = torch.tensor([[top, left]])
+        batch["trgt_pixels"] = batch["trgt_obs"][:, :, top : top + p, left : left + p]
+        batch["novel_params"]["patch"] = torch.tensor([[novel_top, novel_left]])
+        batch["novel_obs"] = batch["novel_obs"][:, :, novel_top : novel_top + p, novel_left : novel_left + p]
+    return batch
+
+
+def measure(config: str, overrides: list[str], steps: int, warmup: int, threads: int, optimizer: bool) -> dict:
+    """Build the model and run ``warmup`` + ``steps`` training steps; times and memory (in a fresh process)."""
+    from dfm.runs import task_from_config
+    from dfm.training.trainer import make_optimizer
+
+    torch.set_num_threads(threads)
+    task = task_from_config(config, overrides)
+    cfg = task.cfg
+    torch.manual_seed(cfg.train.seed)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = task.build_model().train()
+    params = sum(p.numel() for p in model.parameters())
+    opt = make_optimizer(model.parameters(), cfg.train, "cpu") if optimizer else None  # as the trainer builds it
+    built = proc_status("VmRSS")
+    batch = synthetic_batch(cfg.data.resolution, cfg.data.context_views, cfg.data.patch_size, cfg.train.seed)
+    generator = torch.Generator()
+
+    def step(i: int) -> dict[str, float]:
+        generator.manual_seed(i)
+        losses = model(batch, generator=generator)
+        losses["loss"].backward()
+        if cfg.train.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+        if opt is not None:
+            opt.step()
+        model.zero_grad(set_to_none=True)
+        return {k: v.item() for k, v in losses.items()}
+
+    for i in range(warmup):
+        step(i)
+    try:  # hand the warm-up's freed memory back to the system, so that the timed steps fault in their own
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
+    before = proc_status("VmRSS")
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB; read now: the reset below lowers it too
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current VmRSS
+        hwm_reset = True
+    except OSError:
+        hwm_reset = False
+    sampler = RssSampler()
+    sampler.start()
+    times = []
+    for i in range(warmup, warmup + steps):
+        start = time.perf_counter()
+        losses = step(i)
+        times.append(time.perf_counter() - start)
+    sampled = sampler.stop()
+    step_peak = max(proc_status("VmHWM"), sampled) if hwm_reset else sampled
+    return dict(
+        seconds=sum(times) / len(times), process_peak=max(maxrss, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024,
+        step_peak=step_peak, sampled_peak=sampled, hwm_reset=hwm_reset, built=built, before=before, params=params,
+        threads=torch.get_num_threads(), losses=losses, warnings=[str(w.message) for w in caught],
+        resolution=cfg.data.resolution, patch=cfg.data.patch_size, context_views=cfg.data.context_views,
+    )
+
+
+def measure_in_child(*args) -> dict:
+    with mp.get_context("spawn").Pool(1) as pool:
+        return pool.apply(measure, args)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. model.encoder.size=S")
+    p.add_argument("--config", default="scenes_paper", help="config file or built-in name (default: scenes_paper)")
+    p.add_argument("--steps", type=int, default=2, help="timed steps (default: 2)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed steps first (default: 1)")
+    p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default: 2)")
+    p.add_argument("--no-optimizer", action="store_true", help="forward + backward only (no optimiser update)")
+    p.add_argument("--variants", default="", help=f"comma-separated, also measured: {', '.join(VARIANTS)}")
+    args, extra = p.parse_known_args()
+    if extra and all("=" in e and not e.startswith("-") for e in extra):  # overrides after an option
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        p.error(f"unrecognized arguments: {' '.join(extra)}")
+    variants = [v for v in args.variants.split(",") if v]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        p.error(f"unknown variants {unknown}; known: {list(VARIANTS)}")
+    if args.steps < 1:
+        p.error("--steps must be at least 1")
+
+    print("Command: `" + " ".join(["python benchmarks/step.py", *map(shlex.quote, sys.argv[1:])]) + "`")
+    rows = {}
+    for name in ["", *variants]:
+        label = args.config + (f" + {name}" if name else "")
+        print(f"measuring {label} ...", file=sys.stderr, flush=True)
+        rows[label] = measure_in_child(
+            args.config, [*args.overrides, *VARIANTS.get(name, [])], args.steps, args.warmup, args.threads, not args.no_optimizer,
+        )
+
+    first = next(iter(rows.values()))
+    what = "forward + backward" if args.no_optimizer else "forward + backward + clip + optimiser update: fused AdamW unless the row says adafactor"
+    patch = f"{first['patch']}x{first['patch']} patches of" if first["patch"] else "whole"
+    print(f"\nOne training step ({what}) at {first['resolution']}x{first['resolution']}, batch 1, "
+          f"{first['context_views']} context view(s), {patch} target + novel view; mean of {args.steps} step(s) after "
+          f"{args.warmup} warm-up; {platform.machine()}, {first['threads']} torch threads, torch {torch.__version__}; "
+          f"overrides: {args.overrides or 'none'}\n")
+    print("| run | s / step | process peak RSS (GB) | step peak RSS (GB) | RSS after building (GB) | RSS before step (GB) | parameters |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for label, r in rows.items():
+        print(f"| {label} | {r['seconds']:.2f} | {r['process_peak'] / GB:.2f} | {r['step_peak'] / GB:.2f} | "
+              f"{r['built'] / GB:.2f} | {r['before'] / GB:.2f} | {r['params'] / 1e6:.1f} M |")
+    name, seconds, gb = PUBLISHED
+    print(f"| {name} | {seconds:.0f} | {gb} | | | | |")
+    print(f"| target | < {TARGET_S:.0f} | < {TARGET_GB:.0f} | < {TARGET_GB:.0f} | | | |")
+    how = "VmHWM over the timed steps, reset before them" if first["hwm_reset"] else "largest VmRSS sampled every 2 ms during the timed steps"
+    sampled = ", ".join(f"{r['sampled_peak'] / GB:.2f}" for r in rows.values())
+    print(f"\nGB = 10^9 bytes. Step peak: {how} (VmRSS sampled every 2 ms: {sampled}). "
+          f"Weights + gradients + AdamW states take 16 bytes per parameter ({16 * first['params'] / GB:.2f} GB for the "
+          "first row) whatever the activations; the trainer's EMA copy (4 bytes per parameter) is not part of this step.")
+    for label, r in rows.items():
+        terms = ", ".join(f"{k} {v:.4g}" for k, v in r["losses"].items())
+        print(f"- {label}: losses of the last step: {terms}")
+    for w in dict.fromkeys(w for r in rows.values() for w in r["warnings"]):
+        print(f"- warning while building: {w}")
+
+
+if __name__ == "__main__":
+    main()

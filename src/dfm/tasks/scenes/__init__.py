@@ -1,0 +1,411 @@
+"""Inverse graphics: sample 3-D scenes (radiance fields) that agree with one image.
+
+Wiring only: the denoiser and the volume renderer are in :mod:`.model`, the training examples in
+:mod:`.data`; the loss terms beyond the engine's target and novel-view terms are here:
+
+- ``coarse``: the coarse pass's own photometric term (target and novel view), so that the network
+  that places the importance samples is trained too (only with a fine pass);
+- ``cond``: ``L_cond``, the context-only estimate ``O_det`` against the target view;
+- ``smoothness``: edge-aware smoothness of the rendered, mean-normalised disparity;
+- ``distortion``: Mip-NeRF 360's distortion loss on the rendered rays (distances divided by ``far``);
+- ``lpips``: LPIPS between the rendered and true target (and novel) patches, with weights from files the
+  user gives (``lpips.backbone_path``, ``lpips.linear_path``); without them the term is off, with a warning.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from dfm.cameras import image_rays, orbit
+from dfm.data.synth3d import Synth3DDataset, read_cameras
+from dfm.data.vimeo import DatasetError, load_frame
+from dfm.diffusion import NoiseSchedule
+from dfm.model import DFM, Sample
+from dfm.networks.cnn import ConvEncoder
+from dfm.networks.dit import DiT
+from dfm.networks.field import PixelAlignedField
+from dfm.networks.lpips import load_lpips
+from dfm.regularizers import edge_aware_smoothness
+from dfm.rendering import distortion_loss
+from dfm.tasks.base import DiTConfig, ObjectiveConfig, SampleConfig, Task
+from dfm.tasks.scenes.data import SceneViews
+from dfm.tasks.scenes.model import POSE_DIM, Scene, SceneDenoiser, VolumeRenderer
+from dfm.training import TrainConfig
+from dfm.visualize import depth_to_color, save_image, save_video, to_chw, to_uint8, write_ply
+
+
+@dataclass
+class EncoderConfig(DiTConfig):
+    """The image encoder: ``cnn`` (:class:`dfm.networks.cnn.ConvEncoder`, ``width``/``depth`` default 64/4)
+    or ``dit`` (:class:`dfm.networks.dit.DiT` of ``size``, e.g. XL with patch size 2 as in the paper)."""
+
+    kind: str = "cnn"
+    pose_conditioning: bool = False  # also condition on each view's absolute pose (its c2w's top 3 rows)
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("cnn", "dit"):
+            raise ValueError(f"model.encoder.kind must be 'cnn' or 'dit', got {self.kind!r}")
+
+    def build(self, in_channels: int, out_channels: int):
+        cond_dim = POSE_DIM if self.pose_conditioning else None
+        if self.kind == "dit":
+            return DiT(
+                in_channels, out_channels, size=self.size, patch_size=self.patch_size, width=self.width,
+                depth=self.depth, heads=self.heads, cond_dim=cond_dim, checkpointing=self.checkpointing,
+            )
+        return ConvEncoder(in_channels, out_channels, width=self.width or 64, depth=self.depth or 4, cond_dim=cond_dim)
+
+
+@dataclass
+class FieldConfig:
+    width: int = 128
+    blocks: int = 5
+    mean_after: int = 3  # blocks per view before the mean over views
+    num_frequencies: int = 6
+    features: int = 16  # feature channels the field outputs (rendered into O_det for the target encoder)
+    coarse_network: bool = False  # a second field for the coarse pass (NeRF); False: one field for both passes
+
+
+@dataclass
+class RenderConfig:
+    near: float = 1.5
+    far: float = 5.0
+    coarse_samples: int = 32
+    fine_samples: int = 0
+    spacing: str = "linear"  # linear | disparity
+    context_resolution: int | None = 16  # O_det's resolution (None: the image's)
+    context_samples: int = 16  # O_det's samples per ray; 0 leaves O_det (and L_cond) out
+    context_checkpoint: bool = True  # recompute O_det in the backward pass instead of storing it
+    chunk: int = 64  # rays per chunk (per scene) when rendering without gradients; small is fastest on a CPU
+
+
+@dataclass
+class ScenesModelConfig:
+    features: int = 64  # pixel-aligned feature channels per view
+    latent_dim: int = 32  # global latent from the target encoder, given to every field query; 0: none
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    render: RenderConfig = field(default_factory=RenderConfig)
+    field: FieldConfig = field(default_factory=FieldConfig)  # last: from here on `field` names this attribute
+
+
+@dataclass
+class ScenesDataConfig:
+    root: str = "data/synth3d"  # written by `dfm data synth3d --out ...`
+    resolution: int = 32  # the images' size (square); other sizes are an error
+    context_views: int = 1  # view 0 plus context_views - 1 others
+    patch_size: int | None = 16  # side of the rendered training patch; None: whole images
+    repeats: int = 8  # draws of (target, novel, patches) per scene and epoch
+    seed: int = 0
+
+
+@dataclass
+class LpipsConfig:
+    backbone_path: str | None = None  # torchvision's vgg16/alexnet state dict
+    linear_path: str | None = None  # the LPIPS v0.1 linear layers (vgg.pth / alex.pth)
+    backbone: str = "vgg"
+
+
+@dataclass
+class ScenesConfig:
+    task: str = "scenes"
+    out_dir: str = "runs/scenes"
+    data: ScenesDataConfig = field(default_factory=ScenesDataConfig)
+    model: ScenesModelConfig = field(default_factory=ScenesModelConfig)
+    smoothness_edge_weight: float = 10.0  # gamma in exp(-gamma |grad I|), I in [-1, 1]
+    lpips: LpipsConfig = field(default_factory=LpipsConfig)
+    objective: ObjectiveConfig = field(default_factory=lambda: ObjectiveConfig(loss_weights={
+        "coarse": 1.0, "cond": 1.0, "smoothness": 0.002, "distortion": 0.005, "lpips": 0.2,
+    }))
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=lambda: SampleConfig(num_samples=4))
+    sample_inputs: int = 4  # test scenes that `dfm sample` / `dfm demo` show
+    sample_view: int | None = None  # the view sampled first (default: views // 2, opposite the context)
+    video_frames: int = 36
+    video_resolution: int = 64
+
+
+# --- loss terms ---------------------------------------------------------------------------------
+
+
+def _patches(batch, predictions, key: str):
+    """(prediction, truth) pairs of the rendered views: the target's (patch) and the novel one's."""
+    pairs = [(predictions["target"][key], batch.get("trgt_pixels", batch["trgt_obs"]))]
+    if "novel" in predictions:
+        pairs.append((predictions["novel"][key], batch["novel_obs"]))
+    return pairs
+
+
+def coarse_term(signal: Scene, batch, predictions) -> Tensor:
+    return sum(F.mse_loss(pred, truth) for pred, truth in _patches(batch, predictions, "coarse"))
+
+
+def context_term(signal: Scene, batch, predictions) -> Tensor:
+    rgb = signal.context_render["rgb"]
+    return F.mse_loss(rgb, F.interpolate(batch["trgt_obs"], size=rgb.shape[-2:], mode="area"))
+
+
+def disparity_smoothness(gamma: float):
+    def term(signal: Scene, batch, predictions) -> Tensor:
+        out = predictions["target"]
+        disparity = out["opacity"] / out["depth"]  # 0 where the ray hits nothing
+        disparity = disparity / (disparity.mean((1, 2, 3), keepdim=True) + 1e-7)
+        return edge_aware_smoothness(disparity, batch.get("trgt_pixels", batch["trgt_obs"]), gamma)
+
+    return term
+
+
+def distortion_term(far: float):
+    def term(signal: Scene, batch, predictions) -> Tensor:
+        rendered = [predictions[k] for k in ("target", "novel") if k in predictions]
+        return sum(distortion_loss(out["weights"], out["edges"] / far).mean() for out in rendered)
+
+    return term
+
+
+def perceptual_term(network):
+    def term(signal: Scene, batch, predictions) -> Tensor:
+        net = network.to(batch["trgt_obs"].device)
+        return sum(net(pred, truth).mean() for pred, truth in _patches(batch, predictions, "observation"))
+
+    return term
+
+
+# --- the task -----------------------------------------------------------------------------------
+
+
+class ScenesTask(Task):
+    Config = ScenesConfig
+
+    def build_model(self) -> DFM:
+        m, r = self.cfg.model, self.cfg.model.render
+        fc = m.field
+        if fc.coarse_network and not r.fine_samples:
+            raise ValueError("model.field.coarse_network places the fine samples: it needs model.render.fine_samples > 0")
+        context_channels = SceneDenoiser.context_channels(fc.features, r.context_samples)
+        encoder = m.encoder.build(3 + context_channels, m.features + m.latent_dim)
+
+        def make_field() -> PixelAlignedField:
+            return PixelAlignedField(
+                m.features, width=fc.width, blocks=fc.blocks, mean_after=fc.mean_after, num_frequencies=fc.num_frequencies,
+                out_features=fc.features, global_dim=m.latent_dim or None,
+            )
+
+        renderer = VolumeRenderer(
+            self.cfg.data.resolution, r.near, r.far, r.coarse_samples, r.fine_samples, r.spacing,
+            self.cfg.data.patch_size, r.chunk,
+        )
+        denoiser = SceneDenoiser(
+            encoder, make_field(), make_field() if fc.coarse_network else None, renderer,
+            features=m.features, latent_dim=m.latent_dim, pose_conditioning=m.encoder.pose_conditioning,
+            context_resolution=r.context_resolution,
+            context_samples=r.context_samples, context_checkpoint=r.context_checkpoint,
+        )
+        weights = dict(self.cfg.objective.loss_weights)
+        regularizers = {
+            "coarse": coarse_term, "cond": context_term,
+            "smoothness": disparity_smoothness(self.cfg.smoothness_edge_weight), "distortion": distortion_term(r.far),
+        }
+        if not r.fine_samples:
+            weights["coarse"] = 0.0  # the coarse pass is the rendering
+        if not r.context_samples:
+            weights["cond"] = 0.0
+        lp = self.cfg.lpips
+        network = load_lpips(lp.backbone_path, lp.linear_path, lp.backbone) if weights.get("lpips") else None
+        if network is None:
+            weights.pop("lpips", None)  # off: no weight, or no weight files (load_lpips warned)
+        else:
+            regularizers["lpips"] = perceptual_term(network)
+        schedule = NoiseSchedule(self.cfg.objective.diffusion_steps)
+        return self.make_dfm(denoiser, renderer, schedule, regularizers, loss_weights=weights)
+
+    def train_dataset(self) -> Dataset:
+        return self.views("train", self.cfg.data.repeats)
+
+    def views(self, split: str, repeats: int = 1) -> SceneViews:
+        d = self.cfg.data
+        if not Path(d.root).exists():
+            raise DatasetError(f"data.root {d.root} does not exist: write the procedural dataset with `dfm data synth3d --out {d.root}`")
+        return SceneViews(d.root, split, d.resolution, d.context_views, d.patch_size, repeats, d.seed)
+
+    def test_scenes(self, count: int) -> list[dict]:
+        """``count`` test scenes (every view, cameras and ``meta``), evenly spaced over the test split."""
+        scenes = Synth3DDataset(self.cfg.data.root, "test")
+        step = max(1, len(scenes) // count)
+        return [scenes[i] | {"meta": scenes.meta(i)} for i in range(0, step * count, step)[: len(scenes)]]
+
+    def context_of(self, scene: dict) -> tuple[Tensor, dict[str, Tensor]]:
+        """A scene's context views (view 0 first) and cameras, as the denoiser takes them (no batch)."""
+        views = list(range(self.cfg.data.context_views))
+        return scene["images"][views], {"c2w": scene["c2w"][views], "K": scene["K"][views]}
+
+    def preview(self, model: DFM, step: int) -> dict[str, Tensor]:
+        scene = self.test_scenes(1)[0]
+        sample = sample_scene(model, *self.context_of(scene), self.target_camera(scene), 3, steps=10)
+        views = render_views(model, sample, scene["c2w"], scene["K"], self.cfg.data.resolution)
+        return {"scenes": to_chw(scene_grid(scene["images"], views["rgb"]))}
+
+    def target_camera(self, scene: dict) -> dict[str, Tensor]:
+        view = self.cfg.sample_view if self.cfg.sample_view is not None else len(scene["c2w"]) // 2
+        return {"c2w": scene["c2w"][view], "K": scene["K"][view]}
+
+    def write_samples(self, model: DFM, out_dir: Path) -> list[Path]:
+        """For ``sample_inputs`` test scenes: ``sample.num_samples`` scenes sampled from the context
+        view (the view opposite it sampled first), written by :meth:`write_scenes`."""
+        s = self.cfg.sample
+        written = []
+        for i, scene in enumerate(self.test_scenes(self.cfg.sample_inputs)):
+            sample = sample_scene(
+                model, *self.context_of(scene), self.target_camera(scene), s.num_samples, seed=s.seed + i, progress=True,
+                **s.sampler_kwargs(),
+            )
+            written += self.write_scenes(model, sample, scene["images"], scene["c2w"], scene["K"], out_dir, f"input{i}")
+        return written
+
+    def sample_image(self, model: DFM, image: Path, cameras: Path, out_dir: Path) -> list[Path]:
+        """Sample scenes from one image with its camera (view 0 of a ``cameras.json``, see
+        :mod:`dfm.data.synth3d`); the scene is assumed centred at the world origin with +z up, and
+        the view sampled first is the camera turned 180 degrees about the z axis."""
+        c2w, K, width, height = read_cameras(cameras)
+        picture = load_frame(image)
+        r = self.cfg.data.resolution
+        if picture.shape[1:] != (r, r) or (width, height) != (r, r):
+            raise DatasetError(
+                f"{image} is {picture.shape[2]}x{picture.shape[1]} and {cameras} says {width}x{height}; this model takes {r}x{r} images"
+            )
+        turn = torch.diag(torch.tensor([-1.0, -1.0, 1.0, 1.0]))  # 180 degrees about the world z axis
+        s = self.cfg.sample
+        sample = sample_scene(
+            model, picture[None], {"c2w": c2w[:1], "K": K[:1]}, {"c2w": turn @ c2w[0], "K": K[0]}, s.num_samples,
+            seed=s.seed, progress=True, **s.sampler_kwargs(),
+        )
+        cams = orbit_like(c2w[0], 8)
+        return self.write_scenes(model, sample, picture[None], cams, K[:1].expand(len(cams), 3, 3), out_dir, image.stem)
+
+    def write_scenes(
+        self, model: DFM, sample: Sample, truth: Tensor, c2w: Tensor, K: Tensor, out_dir: Path, name: str
+    ) -> list[Path]:
+        """``NAME.png``: the true views (those given) above each sample rendered at cameras ``c2w``, ``K``
+        (the first the context); per sample an orbit of RGB beside depth as GIF and MP4, and a coloured
+        point cloud (``.ply``) from those views; ``NAME.pt`` holds the sampled target views."""
+        r = self.cfg.data.resolution
+        views = render_views(model, sample, c2w, K, r)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        written = [save_image(scene_grid(truth, views["rgb"]), out_dir / f"{name}.png")]
+        torch.save({"samples": sample.observation.cpu(), "views": views["rgb"]}, out_dir / f"{name}.pt")
+        written.append(out_dir / f"{name}.pt")
+        path = orbit_like(c2w[0], self.cfg.video_frames)
+        orbits = render_views(model, sample, path, K[:1].expand(len(path), 3, 3), self.cfg.video_resolution)
+        near, far = self.cfg.model.render.near, self.cfg.model.render.far
+        for j in range(len(sample.observation)):
+            frames = [
+                np.concatenate([to_uint8(rgb), to_uint8(depth_to_color(depth, opacity, near, far))], 1)
+                for rgb, depth, opacity in zip(orbits["rgb"][j], orbits["depth"][j], orbits["opacity"][j])
+            ]
+            for ext in ("gif", "mp4"):
+                written.append(save_video([_upscaled(f) for f in frames], out_dir / f"{name}_sample{j}.{ext}"))
+            points, colours = point_cloud(views, c2w, K, j)
+            written.append(write_ply(out_dir / f"{name}_sample{j}.ply", points, colours))
+        return written
+
+
+# --- sampling and rendering ---------------------------------------------------------------------
+
+
+def sample_scene(
+    model: DFM, ctxt_obs: Tensor, ctxt_params: dict[str, Tensor], target: dict[str, Tensor], num_samples: int,
+    seed: int = 0, **sampler_kwargs,
+) -> Sample:
+    """``num_samples`` scenes given context views ``(V, 3, H, W)`` with cameras (``c2w`` ``(V, 4, 4)``, ``K``),
+    sampled by diffusing the view at ``target`` (``c2w`` ``(4, 4)``, ``K``): the sampled views
+    ``(N, 3, H, W)`` and the scenes (a :class:`Scene` over a batch of N)."""
+    device = next(model.parameters()).device
+    n = num_samples
+
+    def batched(x: Tensor) -> Tensor:
+        return x.to(device).expand(n, *x.shape)
+
+    generator = torch.Generator(device).manual_seed(seed)
+    shape = (n, *ctxt_obs.shape[1:])
+    return model.sample(
+        batched(ctxt_obs), {k: batched(v) for k, v in ctxt_params.items()}, {k: batched(v) for k, v in target.items()},
+        shape, generator=generator, **sampler_kwargs,
+    )
+
+
+def sample_autoregressive(
+    model: DFM, ctxt_obs: Tensor, ctxt_params: dict[str, Tensor], targets: dict[str, Tensor], num_samples: int,
+    seed: int = 0, **sampler_kwargs,
+) -> Sample:
+    """Like :func:`sample_scene`, for several target cameras in turn (``c2w`` ``(T, 4, 4)``, ``K`` ``(T, 3, 3)``):
+    each sampled view joins the context of the next. Returns the last step's sample, whose scene is
+    conditioned on the context and every sampled view (``observation`` ``(N, T, 3, H, W)``, all of them)."""
+    device = next(model.parameters()).device
+    n = num_samples
+    ctxt = ctxt_obs.to(device).expand(n, *ctxt_obs.shape)
+    params = {k: v.to(device).expand(n, *v.shape) for k, v in ctxt_params.items()}
+    generator = torch.Generator(device).manual_seed(seed)
+    views = []
+    for c2w, K in zip(targets["c2w"], targets["K"]):
+        target = {"c2w": c2w.to(device).expand(n, 4, 4), "K": K.to(device).expand(n, 3, 3)}
+        sample = model.sample(ctxt, params, target, (n, *ctxt_obs.shape[1:]), generator=generator, **sampler_kwargs)
+        views.append(sample.observation)
+        ctxt = torch.cat([ctxt, sample.observation[:, None]], 1)
+        params = {k: torch.cat([params[k], target[k][:, None]], 1) for k in params}
+    return Sample(torch.stack(views, 1), sample.signal)
+
+
+@torch.no_grad()
+def render_views(model: DFM, sample: Sample, c2w: Tensor, K: Tensor, resolution: int) -> dict[str, Tensor]:
+    """Every sampled scene (N) from every camera ``(V, 4, 4)``, ``(V, 3, 3)``: ``rgb`` ``(N, V, 3, r, r)``,
+    ``depth`` (ray distance) and ``opacity`` ``(N, V, 1, r, r)``, on the CPU."""
+    renderer: VolumeRenderer = model.forward_model
+    device = next(model.parameters()).device
+    n, scene = len(sample.observation), sample.signal
+    out = {"rgb": [], "depth": [], "opacity": []}
+    for cam, k in zip(c2w.to(device), K.to(device)):
+        cameras = {"c2w": cam.expand(n, 4, 4), "K": k.expand(n, 3, 3)}
+        rendered = renderer.render(scene.field, scene.coarse_field, cameras, resolution)
+        for key, name in (("rgb", "observation"), ("depth", "depth"), ("opacity", "opacity")):
+            out[key].append(rendered[name].cpu())
+    return {k: torch.stack(v, 1) for k, v in out.items()}
+
+
+def orbit_like(c2w: Tensor, n: int) -> Tensor:
+    """``n`` cameras on the circle about the world z axis through camera ``c2w``, starting at it."""
+    x, y, z = c2w[:3, 3].tolist()
+    radius = math.sqrt(x * x + y * y + z * z)
+    return orbit(n, radius, math.degrees(math.asin(z / radius)), start_azimuth_deg=math.degrees(math.atan2(y, x)))
+
+
+def point_cloud(views: dict[str, Tensor], c2w: Tensor, K: Tensor, index: int, min_opacity: float = 0.5) -> tuple[Tensor, Tensor]:
+    """Points ``(P, 3)`` and colours ``(P, 3)`` in [0, 1] of sample ``index``: every pixel of every
+    rendered view whose opacity exceeds ``min_opacity``, at its expected ray distance."""
+    r = views["rgb"].shape[-1]
+    origins, directions = image_rays(c2w, K, r, r)  # (V, r r, 3)
+    depth = views["depth"][index].flatten(1)[..., None]  # (V, r r, 1)
+    keep = views["opacity"][index].flatten(1) > min_opacity
+    points = (origins + depth * directions)[keep]
+    colours = (views["rgb"][index].flatten(2).transpose(1, 2)[keep] + 1) / 2
+    return points, colours.clamp(0, 1)
+
+
+def scene_grid(truth: Tensor, samples: Tensor) -> np.ndarray:
+    """The true views ``(T, 3, H, W)`` in the first row (blank beyond T), then one row per sample ``(N, V, 3, H, W)``."""
+    n, v = samples.shape[:2]
+    first = torch.cat([truth, -torch.ones(v - len(truth), *truth.shape[1:])]) if len(truth) < v else truth[:v]
+    rows = [torch.cat(list(first), 2), *[torch.cat(list(s), 2) for s in samples]]
+    return _upscaled(to_uint8(torch.cat(rows, 1)), 128)
+
+
+def _upscaled(image: np.ndarray, min_size: int = 256) -> np.ndarray:
+    factor = max(1, min_size // min(image.shape[:2]))
+    return image.repeat(factor, 0).repeat(factor, 1)

@@ -1,0 +1,232 @@
+"""The 3-D task: training examples, the renderer as a forward model, the denoiser's data flow, a tiny
+model that learns, sampling (one-shot and autoregressive) and its outputs, and the CLI end to end."""
+
+from __future__ import annotations
+
+import json
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import torch
+
+from dfm.cameras import intrinsics_from_fov, orbit
+from dfm.data.synth3d import Synth3D, write_dataset
+from dfm.data.vimeo import DatasetError
+from dfm.runs import make_task
+from dfm.tasks.scenes import orbit_like, point_cloud, render_views, sample_autoregressive, sample_scene
+from dfm.tasks.scenes.data import SceneViews
+from dfm.tasks.scenes.model import Scene, VolumeRenderer
+from test_cli import run_dfm
+
+RES = 16
+TINY = {
+    "task": "scenes",
+    "data": {"resolution": RES, "patch_size": 8, "repeats": 4},
+    "model": {
+        "features": 16, "latent_dim": 8, "encoder": {"width": 16, "depth": 2},
+        "field": {"width": 32, "blocks": 2, "mean_after": 1, "num_frequencies": 4, "features": 4},
+        "render": {"coarse_samples": 8, "context_resolution": 8, "context_samples": 6},
+    },
+    "objective": {"loss_weights": {"lpips": 0.0}},
+    "train": {"batch_size": 4, "lr": 1e-3, "warmup_steps": 0, "preview_every": 0, "checkpoint_every": 0, "progress": False},
+    "sample": {"steps": 3, "num_samples": 2},
+    "sample_inputs": 1, "video_frames": 4, "video_resolution": 16,
+}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth3d")
+    return write_dataset(root, Synth3D(resolution=RES, views=6), scenes=8, test_fraction=0.25, progress=False)
+
+
+def tiny_task(root, **changes):
+    raw = json.loads(json.dumps(TINY))
+    raw["data"]["root"] = str(root)
+    for key, value in changes.items():
+        *path, last = key.split(".")
+        node = raw
+        for part in path:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return make_task(raw)
+
+
+def test_examples_use_view_0_as_context_and_crop_the_target_patch(data):
+    views = SceneViews(data, "train", RES, context_views=2, patch_size=8, repeats=3, seed=1)
+    assert len(views) == 6 * 3
+    for i in range(len(views)):
+        item = views[i]
+        scene = views.scenes[i % 6]
+        assert torch.equal(item["ctxt_obs"][0], scene["images"][0]) and torch.equal(item["ctxt_params"]["c2w"][0], scene["c2w"][0])
+        used = [int((scene["c2w"] == c).all((1, 2)).nonzero()) for c in
+                (*item["ctxt_params"]["c2w"], item["trgt_params"]["c2w"], item["novel_params"]["c2w"])]
+        assert len(set(used)) == 4  # context views, target and novel are distinct views
+        top, left = item["trgt_params"]["patch"].tolist()
+        assert torch.equal(item["trgt_pixels"], item["trgt_obs"][:, top:top + 8, left:left + 8])
+        assert item["novel_obs"].shape == (3, 8, 8)
+    assert all(torch.equal(a, b) for a, b in zip(views[5].values(), views[5].values()) if isinstance(a, torch.Tensor))
+
+
+def test_examples_reject_wrong_sizes_and_too_few_views(data, tmp_path):
+    with pytest.raises(DatasetError, match=r"16x16 images; the model is configured for 32x32"):
+        SceneViews(data, "train", 32)
+    with pytest.raises(DatasetError, match="6 views per scene"):
+        SceneViews(data, "train", RES, context_views=5)
+    with pytest.raises(DatasetError, match="does not exist"):
+        SceneViews(tmp_path / "nowhere", "train", RES)
+
+
+def test_a_patch_renders_exactly_those_pixels_of_the_image():
+    """The forward model on a patch equals the whole-image rendering cropped there (a smooth analytic field)."""
+
+    def field(points, directions):
+        density = 5.0 * torch.exp(-4 * (points**2).sum(-1, keepdim=True))
+        return {"density": density, "rgb": torch.tanh(points)}
+
+    renderer = VolumeRenderer(RES, 1.5, 5.0, num_coarse=16, num_fine=8, patch_size=6)
+    c2w = orbit(2, 3.0, 20.0)
+    K = intrinsics_from_fov(45.0).expand(2, 3, 3)
+    scene = Scene(field, field, None)
+    whole = renderer(scene, {"c2w": c2w, "K": K})
+    patch = renderer(scene, {"c2w": c2w, "K": K, "patch": torch.tensor([[0, 3], [10, 7]])})
+    assert whole["observation"].shape == (2, 3, RES, RES) and patch["observation"].shape == (2, 3, 6, 6)
+    for key in ("observation", "depth", "opacity", "coarse"):
+        torch.testing.assert_close(patch[key][0], whole[key][0, :, 0:6, 3:9])
+        torch.testing.assert_close(patch[key][1], whole[key][1, :, 10:16, 7:13])
+    # the sphere-like blob is centred in view: opaque in the middle, background (-1) in the corners
+    assert whole["opacity"][0, 0, RES // 2, RES // 2] > 0.9 and whole["opacity"][0, 0, 0, 0] < 0.2
+
+
+def test_denoiser_output_depends_on_context_and_noisy_target_and_gradients_reach_every_part(data):
+    """With every option on: a coarse network and fine samples, pose conditioning, O_det."""
+    task = tiny_task(data, **{"model.field.coarse_network": True, "model.render.fine_samples": 4, "model.encoder.pose_conditioning": True})
+    torch.manual_seed(0)
+    model = task.build_model()
+    batch = torch.utils.data.default_collate([task.train_dataset()[i] for i in range(2)])
+    model.p_uncond = 0.0
+    losses = model(batch, generator=torch.Generator().manual_seed(0))
+    assert {"target", "novel", "coarse", "cond", "smoothness", "distortion", "loss"} == set(losses)
+    losses["loss"].backward()
+    for name in ("denoiser.encoder.inp.weight", "denoiser.encoder.cond.weight", "denoiser.field.inp.weight",
+                 "denoiser.coarse_network.inp.weight"):
+        grad = dict(model.named_parameters())[name].grad
+        assert grad is not None and grad.abs().sum() > 0, name
+
+    with torch.no_grad():
+        d, t = model.denoiser, torch.full((2,), 500.0)
+        args = (batch["ctxt_obs"], batch["ctxt_params"], torch.randn(2, 3, RES, RES), t, batch["trgt_params"])
+        cameras = {k: v for k, v in batch["trgt_params"].items() if k != "patch"}
+        a = model.forward_model(d(*args), cameras)["observation"]
+        b = model.forward_model(d(batch["ctxt_obs"] * 0, *args[1:]), cameras)["observation"]
+        c = model.forward_model(d(*args[:2], torch.randn(2, 3, RES, RES), *args[3:]), cameras)["observation"]
+        assert a.shape == (2, 3, RES, RES)
+        assert not torch.allclose(a, b) and not torch.allclose(a, c)
+        scene = d(*args)
+        assert scene.context_render["rgb"].shape == (2, 3, 8, 8) and scene.context_render["features"].shape == (2, 4, 8, 8)
+
+
+def test_lpips_without_weights_warns_and_is_off(data):
+    task = tiny_task(data, **{"objective.loss_weights.lpips": 0.2})
+    with pytest.warns(UserWarning, match="LPIPS term is off"):
+        model = task.build_model()
+    assert "lpips" not in model.regularizers and model.loss_weights.get("lpips", 0.0) == 0.0
+
+
+def test_lpips_term_with_weight_files(data, tmp_path):
+    from dfm.networks.lpips import LPIPS
+
+    torch.manual_seed(0)
+    state = LPIPS("vgg").state_dict()
+    backbone, linear = tmp_path / "vgg16.pth", tmp_path / "vgg.pth"
+    torch.save({k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}, backbone)
+    torch.save({k.removeprefix("linear."): v.abs() for k, v in state.items() if k.startswith("linear.")}, linear)
+    task = tiny_task(data, **{"objective.loss_weights.lpips": 0.2, "lpips.backbone_path": str(backbone),
+                              "lpips.linear_path": str(linear), "data.patch_size": 16})
+    model = task.build_model()
+    batch = torch.utils.data.default_collate([task.train_dataset()[i] for i in range(2)])
+    losses = model(batch, generator=torch.Generator().manual_seed(0))
+    assert losses["lpips"] > 0
+    plain = tiny_task(data, **{"data.patch_size": 16}).build_model()
+    assert model.state_dict().keys() == plain.state_dict().keys()  # LPIPS is fixed: not trained, not in checkpoints
+    losses["loss"].backward()
+
+
+def test_tiny_model_learns_and_samples(data, tmp_path):
+    from dfm.runs import train
+
+    task = tiny_task(data, out_dir=str(tmp_path / "run"), **{"train.steps": 60})
+    trainer, stats = train(task, progress=False)
+    model = trainer.ema_model.eval()
+    scene = task.test_scenes(1)[0]
+    ctxt, params = task.context_of(scene)
+
+    # the context image is reproduced better than by the untrained model
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        untrained = task.build_model().eval()
+
+    def context_error(m):
+        sample = sample_scene(m, ctxt, params, task.target_camera(scene), 2, steps=3)
+        views = render_views(m, sample, scene["c2w"][:1], scene["K"][:1], RES)
+        return ((views["rgb"][:, 0] - scene["images"][0]) ** 2).mean().item(), sample
+
+    trained_error, sample = context_error(model)
+    assert trained_error < 0.5 * context_error(untrained)[0]
+    assert sample.observation.shape == (2, 3, RES, RES)
+    views = render_views(model, sample, scene["c2w"], scene["K"], 8)
+    assert views["rgb"].shape == (2, 6, 3, 8, 8) and views["depth"].shape == views["opacity"].shape == (2, 6, 1, 8, 8)
+
+    auto = sample_autoregressive(model, ctxt, params, {"c2w": scene["c2w"][[3, 2]], "K": scene["K"][[3, 2]]}, 2, steps=2)
+    assert auto.observation.shape == (2, 2, 3, RES, RES)
+
+    written = task.write_samples(model, tmp_path / "samples")
+    names = {p.name for p in written}
+    assert {"input0.png", "input0.pt", "input0_sample0.gif", "input0_sample1.mp4", "input0_sample1.ply"} <= names
+    header = (tmp_path / "samples" / "input0_sample0.ply").read_text().split("end_header\n")
+    count = int(header[0].split("element vertex ")[1].split()[0])
+    assert len(header[1].splitlines()) == count
+
+
+def test_point_cloud_backprojects_depth_along_the_rays():
+    c2w = orbit(1, 3.0, 30.0)
+    K = intrinsics_from_fov(45.0)[None]
+    views = {"rgb": torch.zeros(1, 1, 3, 4, 4), "depth": torch.full((1, 1, 1, 4, 4), 3.0), "opacity": torch.ones(1, 1, 1, 4, 4)}
+    views["opacity"][0, 0, 0, 0, 0] = 0.1  # left out
+    points, colours = point_cloud(views, c2w, K, 0)
+    assert points.shape == (15, 3) and colours.shape == (15, 3)
+    torch.testing.assert_close((points - c2w[0, :3, 3]).norm(dim=-1), torch.full((15,), 3.0))
+    torch.testing.assert_close(colours, torch.full((15, 3), 0.5))
+
+
+def test_orbit_like_starts_at_the_camera():
+    c2w = orbit(3, 3.2, 25.0, start_azimuth_deg=40.0)
+    path = orbit_like(c2w[1], 6)
+    torch.testing.assert_close(path[0], c2w[1], atol=1e-5, rtol=0)
+    torch.testing.assert_close(path[3, :3, 3].norm(), torch.tensor(3.2))
+
+
+def test_cli_trains_and_samples_from_an_image_with_its_camera(data, tmp_path):
+    config = tmp_path / "tiny.yaml"
+    raw = json.loads(json.dumps(TINY)) | {"out_dir": str(tmp_path / "run")}
+    raw["data"]["root"] = str(data)
+    raw["train"]["steps"] = 2
+    config.write_text(json.dumps(raw))  # JSON is YAML
+    proc = run_dfm("train", str(config), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "run" / "samples" / "input0.png").is_file()
+
+    scene_dir = data / "scenes" / (data / "test.txt").read_text().split()[0]
+    image, cameras = scene_dir / "images" / "000.png", scene_dir / "cameras.json"
+    out = tmp_path / "mine"
+    proc = run_dfm("sample", str(tmp_path / "run"), "--image", str(image), "--camera", str(cameras), "--out", str(out), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert {"000.png", "000_sample0.gif", "000_sample1.ply"} <= {p.name for p in out.iterdir()}
+
+    big = tmp_path / "big.png"
+    iio.imwrite(big, np.zeros((32, 32, 3), np.uint8))
+    proc = run_dfm("sample", str(tmp_path / "run"), "--image", str(big), "--camera", str(cameras), cwd=tmp_path)
+    assert proc.returncode == 2 and "big.png is 32x32" in proc.stderr and "16x16" in proc.stderr
+    proc = run_dfm("sample", str(tmp_path / "run"), "--image", str(image), cwd=tmp_path)
+    assert proc.returncode == 2 and "--image and --camera go together" in proc.stderr
