@@ -15,7 +15,6 @@ Wiring only: the denoiser and the volume renderer are in :mod:`.model`, the trai
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
