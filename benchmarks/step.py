@@ -42,6 +42,8 @@ import warnings
 
 import torch
 
+from dfm.cli import parse_with_overrides
+
 VARIANTS = {
     "odet_full": ["model.render.context_resolution=null", "model.render.context_checkpoint=false"],  # as published
     "odet_off": ["model.render.context_samples=0"],  # no O_det and no L_cond
@@ -186,11 +188,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default: 2)")
     p.add_argument("--no-optimizer", action="store_true", help="forward + backward only (no optimiser update)")
     p.add_argument("--variants", default="", help=f"comma-separated, also measured: {', '.join(VARIANTS)}")
-    args, extra = p.parse_known_args()
-    if extra and all("=" in e and not e.startswith("-") for e in extra):  # overrides after an option
-        args.overrides = [*args.overrides, *extra]
-    elif extra:
-        p.error(f"unrecognized arguments: {' '.join(extra)}")
+    args = parse_with_overrides(p)
     variants = [v for v in args.variants.split(",") if v]
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:

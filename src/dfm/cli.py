@@ -245,14 +245,19 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = parser()
+def parse_with_overrides(p: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
+    """``p.parse_args(argv)``, where key=value overrides may also follow options: argparse alone cannot
+    take positional ``overrides`` after an option (``demo gan --out X k=v``)."""
     args, extra = p.parse_known_args(argv)
-    # argparse cannot take positional key=value overrides after an option (`demo gan --out X k=v`)
     if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
         args.overrides = [*args.overrides, *extra]
     elif extra:
         p.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_with_overrides(parser(), argv)
     try:
         return args.func(args)
     except TrainingInterrupted as e:

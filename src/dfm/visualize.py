@@ -53,6 +53,12 @@ def to_uint8(image: torch.Tensor) -> np.ndarray:
     return ((image.detach().cpu().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
 
 
+def upscaled(image: np.ndarray, min_size: int = 256) -> np.ndarray:
+    """Nearest-neighbour upscaling of a small ``(H, W, 3)`` image so that pixels stay visible in viewers."""
+    factor = max(1, min_size // min(image.shape[:2]))
+    return image.repeat(factor, 0).repeat(factor, 1)
+
+
 def flow_to_color(flow: torch.Tensor, max_norm: float | None = None) -> torch.Tensor:
     """Colour-wheel picture of a ``(2, H, W)`` flow (dx, dy) as a ``(3, H, W)`` image in [-1, 1]:
     hue is the direction (0 = +x, red), saturation the length relative to ``max_norm`` (white = still)."""

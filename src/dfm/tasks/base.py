@@ -42,10 +42,10 @@ class DiTConfig:
     patch_size: int = 2
     checkpointing: bool = False  # recompute block activations in the backward pass (less memory)
 
-    def build(self, in_channels: int, out_channels: int) -> DiT:
+    def build(self, in_channels: int, out_channels: int, cond_dim: int | None = None) -> DiT:
         return DiT(
-            in_channels, out_channels, size=self.size, patch_size=self.patch_size,
-            width=self.width, depth=self.depth, heads=self.heads, checkpointing=self.checkpointing,
+            in_channels, out_channels, size=self.size, patch_size=self.patch_size, width=self.width,
+            depth=self.depth, heads=self.heads, cond_dim=cond_dim, checkpointing=self.checkpointing,
         )
 
 

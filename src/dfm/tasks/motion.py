@@ -27,7 +27,7 @@ from dfm.regularizers import edge_aware_smoothness
 from dfm.splatting import MODES, softsplat
 from dfm.tasks.base import DiTConfig, ObjectiveConfig, SampleConfig, Task
 from dfm.training import TrainConfig
-from dfm.visualize import flow_to_color, save_image, save_video, to_chw, to_uint8
+from dfm.visualize import flow_to_color, save_image, save_video, to_chw, to_uint8, upscaled
 
 
 class MotionField(NamedTuple):
@@ -177,7 +177,7 @@ class MotionTask(Task):
         for i in range(frames.shape[0]):
             for j in range(s.num_samples):
                 video = motion_video(frames[i], MotionField(motion.flow[i, j], motion.metric[i, j]), mode=self.cfg.model.splatting)
-                clip = [_upscaled(to_uint8(f)) for f in video]
+                clip = [upscaled(to_uint8(f)) for f in video]
                 for ext in ("gif", "mp4"):
                     written.append(save_video(clip, out_dir / f"input{i}_sample{j}.{ext}"))
         return written
@@ -193,10 +193,4 @@ def motion_panel(frames: Tensor, truth: Tensor, nexts: Tensor, flows: Tensor) ->
         images = [frames[i], truth[i], *nexts[i]]
         colours = [blank, blank, *[flow_to_color(f, max_norm) for f in flows[i]]]
         rows.append(torch.cat([torch.cat(images, 2), torch.cat(colours, 2)], 1))
-    return _upscaled(to_uint8(torch.cat(rows, 1)))
-
-
-def _upscaled(image: np.ndarray, min_size: int = 256) -> np.ndarray:
-    """Nearest-neighbour upscaling of small frames so that pixels stay visible in viewers."""
-    factor = max(1, min_size // min(image.shape[:2]))
-    return image.repeat(factor, 0).repeat(factor, 1)
+    return upscaled(to_uint8(torch.cat(rows, 1)))

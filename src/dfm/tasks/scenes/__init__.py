@@ -30,7 +30,6 @@ from dfm.data.vimeo import DatasetError, load_frame
 from dfm.diffusion import NoiseSchedule
 from dfm.model import DFM, Sample
 from dfm.networks.cnn import ConvEncoder
-from dfm.networks.dit import DiT
 from dfm.networks.field import PixelAlignedField
 from dfm.networks.lpips import load_lpips
 from dfm.regularizers import edge_aware_smoothness
@@ -39,7 +38,7 @@ from dfm.tasks.base import DiTConfig, ObjectiveConfig, SampleConfig, Task
 from dfm.tasks.scenes.data import SceneViews
 from dfm.tasks.scenes.model import POSE_DIM, Scene, SceneDenoiser, VolumeRenderer
 from dfm.training import TrainConfig
-from dfm.visualize import depth_to_color, save_image, save_video, to_chw, to_uint8, write_ply
+from dfm.visualize import depth_to_color, save_image, save_video, to_chw, to_uint8, upscaled, write_ply
 
 
 @dataclass
@@ -57,10 +56,7 @@ class EncoderConfig(DiTConfig):
     def build(self, in_channels: int, out_channels: int):
         cond_dim = POSE_DIM if self.pose_conditioning else None
         if self.kind == "dit":
-            return DiT(
-                in_channels, out_channels, size=self.size, patch_size=self.patch_size, width=self.width,
-                depth=self.depth, heads=self.heads, cond_dim=cond_dim, checkpointing=self.checkpointing,
-            )
+            return super().build(in_channels, out_channels, cond_dim)
         return ConvEncoder(in_channels, out_channels, width=self.width or 64, depth=self.depth or 4, cond_dim=cond_dim)
 
 
@@ -310,7 +306,7 @@ class ScenesTask(Task):
                 for rgb, depth, opacity in zip(orbits["rgb"][j], orbits["depth"][j], orbits["opacity"][j])
             ]
             for ext in ("gif", "mp4"):
-                written.append(save_video([_upscaled(f) for f in frames], out_dir / f"{name}_sample{j}.{ext}"))
+                written.append(save_video([upscaled(f) for f in frames], out_dir / f"{name}_sample{j}.{ext}"))
             points, colours = point_cloud(views, c2w, K, j)
             written.append(write_ply(out_dir / f"{name}_sample{j}.ply", points, colours))
         return written
@@ -326,26 +322,17 @@ def sample_scene(
     """``num_samples`` scenes given context views ``(V, 3, H, W)`` with cameras (``c2w`` ``(V, 4, 4)``, ``K``),
     sampled by diffusing the view at ``target`` (``c2w`` ``(4, 4)``, ``K``): the sampled views
     ``(N, 3, H, W)`` and the scenes (a :class:`Scene` over a batch of N)."""
-    device = next(model.parameters()).device
-    n = num_samples
-
-    def batched(x: Tensor) -> Tensor:
-        return x.to(device).expand(n, *x.shape)
-
-    generator = torch.Generator(device).manual_seed(seed)
-    shape = (n, *ctxt_obs.shape[1:])
-    return model.sample(
-        batched(ctxt_obs), {k: batched(v) for k, v in ctxt_params.items()}, {k: batched(v) for k, v in target.items()},
-        shape, generator=generator, **sampler_kwargs,
-    )
+    targets = {k: v[None] for k, v in target.items()}
+    sample = sample_autoregressive(model, ctxt_obs, ctxt_params, targets, num_samples, seed, **sampler_kwargs)
+    return Sample(sample.observation[:, 0], sample.signal)
 
 
 def sample_autoregressive(
     model: DFM, ctxt_obs: Tensor, ctxt_params: dict[str, Tensor], targets: dict[str, Tensor], num_samples: int,
     seed: int = 0, **sampler_kwargs,
 ) -> Sample:
-    """Like :func:`sample_scene`, for several target cameras in turn (``c2w`` ``(T, 4, 4)``, ``K`` ``(T, 3, 3)``):
-    each sampled view joins the context of the next. Returns the last step's sample, whose scene is
+    """Scenes sampled by diffusing the views at several target cameras in turn (``c2w`` ``(T, 4, 4)``, ``K``
+    ``(T, 3, 3)``), each sampled view joining the context of the next (arguments as :func:`sample_scene`). Returns the last step's sample, whose scene is
     conditioned on the context and every sampled view (``observation`` ``(N, T, 3, H, W)``, all of them)."""
     device = next(model.parameters()).device
     n = num_samples
@@ -402,9 +389,4 @@ def scene_grid(truth: Tensor, samples: Tensor) -> np.ndarray:
     n, v = samples.shape[:2]
     first = torch.cat([truth, -torch.ones(v - len(truth), *truth.shape[1:])]) if len(truth) < v else truth[:v]
     rows = [torch.cat(list(first), 2), *[torch.cat(list(s), 2) for s in samples]]
-    return _upscaled(to_uint8(torch.cat(rows, 1)), 128)
-
-
-def _upscaled(image: np.ndarray, min_size: int = 256) -> np.ndarray:
-    factor = max(1, min_size // min(image.shape[:2]))
-    return image.repeat(factor, 0).repeat(factor, 1)
+    return upscaled(to_uint8(torch.cat(rows, 1)), 128)
