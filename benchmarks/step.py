@@ -48,6 +48,7 @@ VARIANTS = {
     "odet_full": ["model.render.context_resolution=null", "model.render.context_checkpoint=false"],  # as published
     "odet_off": ["model.render.context_samples=0"],  # no O_det and no L_cond
     "no_checkpointing": ["model.encoder.checkpointing=false"],  # keep the DiT's activations
+    "no_field_checkpointing": ["model.render.checkpoint=false"],  # keep the field's activations
     "one_field": ["model.field.coarse_network=false"],  # one field for the coarse and fine passes
     "adafactor": ["train.optimizer=adafactor"],  # factored optimiser state instead of AdamW's two moments
 }

@@ -237,6 +237,38 @@ def test_chunked_rendering_equals_unchunked_for_flat_and_batched_rays():
     assert whole_b["fine"]["rgb"].shape == (2, 5, 3) and whole_b["coarse"]["edges"].shape == (2, 5, 13, 1)
 
 
+def test_checkpointed_rendering_recomputes_the_field_and_gives_the_same_gradients():
+    class CountingField(TinyField):
+        calls = 0
+
+        def forward(self, points, directions):
+            self.calls += 1
+            return super().forward(points, directions)
+
+    g = torch.Generator().manual_seed(6)
+    origins = torch.randn(10, 3, generator=g)
+    directions = nn.functional.normalize(torch.randn(10, 3, generator=g), dim=-1)
+    kwargs = dict(num_coarse=12, num_fine=8, spacing="disparity", background=0.2)
+    results = {}
+    for name, options in {"plain": {}, "checkpointed": dict(chunk=4, checkpoint=True)}.items():
+        field, fine_field = CountingField(0), CountingField(1)
+        out = render_rays(field, origins, directions, 0.5, 4.0, fine_field=fine_field, **kwargs, **options)
+        calls_forward = field.calls + fine_field.calls
+        (out["fine"]["rgb"].sum() + out["coarse"]["depth"].sum() + out["fine"]["features"].square().sum()).backward()
+        grads = [p.grad for p in (*field.parameters(), *fine_field.parameters())]
+        results[name] = (out, grads, calls_forward, field.calls + fine_field.calls)
+    (plain, plain_grads, plain_fwd, plain_all), (ckpt, ckpt_grads, ckpt_fwd, ckpt_all) = results.values()
+    for level in plain:
+        for key in plain[level]:
+            torch.testing.assert_close(ckpt[level][key], plain[level][key])
+    for a, b in zip(plain_grads, ckpt_grads):
+        torch.testing.assert_close(a, b)
+    assert (plain_fwd, plain_all) == (2, 2)  # one coarse and one fine query, nothing recomputed
+    assert (ckpt_fwd, ckpt_all) == (6, 12)  # 3 chunks x 2 passes, then recomputed in the backward pass
+    with pytest.raises(ValueError, match="global RNG"):
+        render_rays(field, origins, directions, 0.5, 4.0, num_coarse=4, perturb=True, generator=g, checkpoint=True)
+
+
 def test_coarse_and_fine_fields_each_learn_from_their_own_rendering_only():
     field, fine_field = TinyField(0), TinyField(1)
     origins, directions = rays_towards([[0.0, 0.0, 1.0], [0.3, 0.1, 1.0], [-0.2, 0.4, 1.0]])

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Callable, Literal
 
 import torch
+import torch.utils.checkpoint
 from torch import Tensor
 
 Field = Callable[[Tensor, Tensor], dict[str, Tensor]]
@@ -182,6 +183,7 @@ def render_rays(
     background: float | Tensor | None = None,
     generator: torch.Generator | None = None,
     chunk: int | None = None,
+    checkpoint: bool = False,
 ) -> dict[str, dict[str, Tensor]]:
     """Render rays ``(..., 3)`` through ``field``: ``{"coarse": ..., "fine": ...}`` (``"fine"`` only
     when ``num_fine > 0``), each the output of :func:`composite` plus the bin ``edges`` (for
@@ -195,8 +197,13 @@ def render_rays(
     ``chunk`` renders at most that many rays at a time along the last ray dimension (the leading
     batch dimensions stay whole, so a field conditioned per batch element still sees them), for full
     images without running out of memory; the results equal unchunked rendering, except that with
-    ``perturb`` the random draws differ. ``chunk`` bounds memory only without autograd (``no_grad``).
+    ``perturb`` the random draws differ. Under autograd, ``chunk`` bounds memory only with
+    ``checkpoint``: each chunk's field evaluations are then recomputed in the backward pass instead of
+    stored, so training holds one chunk's activations and the rendered outputs (the field's hidden
+    activations are rays x samples x width floats per layer, the bulk of a large field's memory).
     """
+    if checkpoint and perturb and generator is not None:
+        raise ValueError("checkpoint recomputes the samples in the backward pass: perturb them with the global RNG (generator=None), whose state it restores")
     fine_field = field if fine_field is None else fine_field
 
     def render(origins: Tensor, directions: Tensor, near, far) -> dict[str, dict[str, Tensor]]:
@@ -210,12 +217,17 @@ def render_rays(
             results["fine"] = _shade(fine_field, origins, directions, merge_samples(coarse, fine_t), background)
         return results
 
-    if chunk is None:
-        return render(origins, directions, near, far)
+    def render_piece(*rays: Tensor) -> dict[str, dict[str, Tensor]]:
+        if checkpoint and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(render, *rays, use_reentrant=False)
+        return render(*rays)
+
     like = dict(dtype=origins.dtype, device=origins.device)
     near, far = (torch.as_tensor(x, **like).expand_as(origins[..., :1]) for x in (near, far))
+    if chunk is None:
+        return render_piece(origins, directions, near, far)
     dim = origins.dim() - 2  # the last ray dimension, counted from the front
-    pieces = [render(*rays) for rays in zip(*(x.split(chunk, dim) for x in (origins, directions, near, far)))]
+    pieces = [render_piece(*rays) for rays in zip(*(x.split(chunk, dim) for x in (origins, directions, near, far)))]
     return {
         level: {name: torch.cat([piece[level][name] for piece in pieces], dim) for name in names}
         for level, names in pieces[0].items()

@@ -81,6 +81,7 @@ class RenderConfig:
     context_samples: int = 16  # O_det's samples per ray; 0 leaves O_det (and L_cond) out
     context_checkpoint: bool = True  # recompute O_det in the backward pass instead of storing it
     chunk: int = 64  # rays per chunk (per scene) when rendering without gradients; small is fastest on a CPU
+    checkpoint: bool = False  # training too renders in chunks, recomputing each chunk's field queries in the backward pass
 
 
 @dataclass
@@ -196,7 +197,7 @@ class ScenesTask(Task):
 
         renderer = VolumeRenderer(
             self.cfg.data.resolution, r.near, r.far, r.coarse_samples, r.fine_samples, r.spacing,
-            self.cfg.data.patch_size, r.chunk,
+            self.cfg.data.patch_size, r.chunk, r.checkpoint,
         )
         denoiser = SceneDenoiser(
             encoder, make_field(), make_field() if fc.coarse_network else None, renderer,

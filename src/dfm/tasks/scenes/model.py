@@ -55,16 +55,18 @@ class VolumeRenderer(nn.Module):
     scene. Also returns ``coarse`` (the coarse pass's RGB, when there is a fine pass) for its own
     photometric term, ``depth`` (ray distance) and ``opacity`` ``(B, 1, h, w)``, and the last pass's
     ray ``weights`` and bin ``edges`` for the distortion loss. The background is black (-1).
+    ``chunk`` rays per scene are rendered at a time without autograd, and also in training with
+    ``checkpoint``, which recomputes each chunk's field queries in the backward pass.
     """
 
     def __init__(
         self, resolution: int, near: float, far: float, num_coarse: int, num_fine: int = 0,
-        spacing: str = "linear", patch_size: int | None = None, chunk: int | None = None,
+        spacing: str = "linear", patch_size: int | None = None, chunk: int | None = None, checkpoint: bool = False,
     ):
         super().__init__()
         self.resolution, self.near, self.far = resolution, near, far
         self.num_coarse, self.num_fine, self.spacing = num_coarse, num_fine, spacing
-        self.patch_size, self.chunk = patch_size, chunk
+        self.patch_size, self.chunk, self.checkpoint = patch_size, chunk, checkpoint
 
     def forward(self, scene: Scene, cameras: Cameras) -> dict[str, Any]:
         return self.render(scene.field, scene.coarse_field, cameras)
@@ -86,7 +88,7 @@ class VolumeRenderer(nn.Module):
         out = render_rays(
             coarse_field, origins, directions, self.near, self.far, num_coarse=num_coarse or self.num_coarse,
             num_fine=num_fine, fine_field=field, spacing=self.spacing, background=-1.0,
-            chunk=None if torch.is_grad_enabled() else self.chunk,
+            chunk=self.chunk if self.checkpoint or not torch.is_grad_enabled() else None, checkpoint=self.checkpoint,
         )
         final = out["fine"] if num_fine else out["coarse"]
 
