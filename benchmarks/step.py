@@ -19,8 +19,9 @@ Every configuration runs in a fresh process, so that its memory figures are its 
   AdamW states: what stays resident between steps).
 
 ``--variants`` measures changed configurations in the same run, e.g. ``odet_full``: O_det (the
-context-only render given to the target encoder) at the full image resolution with its activations
-stored, as the published code does, instead of this config's half resolution recomputed in the
+context-only render given to the target encoder) at the full image resolution and not recomputed as
+a whole, as the published code does (its field queries are still recomputed chunk by chunk while
+``model.render.checkpoint`` is on), instead of this config's half resolution recomputed in the
 backward pass.
 
     python benchmarks/step.py --variants odet_full
@@ -45,7 +46,8 @@ import torch
 from dfm.cli import parse_with_overrides
 
 VARIANTS = {
-    "odet_full": ["model.render.context_resolution=null", "model.render.context_checkpoint=false"],  # as published
+    # O_det at full resolution, not recomputed as a whole (as published, but for the field's per-chunk recomputation)
+    "odet_full": ["model.render.context_resolution=null", "model.render.context_checkpoint=false"],
     "odet_off": ["model.render.context_samples=0"],  # no O_det and no L_cond
     "no_checkpointing": ["model.encoder.checkpointing=false"],  # keep the DiT's activations
     "no_field_checkpointing": ["model.render.checkpoint=false"],  # keep the field's activations
