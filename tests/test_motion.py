@@ -5,12 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from dfm.data.sprites import SpriteMotion, write_dataset
+from dfm.diffusion import NoiseSchedule
 from dfm.networks.dit import DiT
 from dfm.regularizers import edge_aware_smoothness
 from dfm.runs import make_task
-from dfm.tasks.motion import MotionDenoiser, MotionField, SplatWarp, motion_video, sample_motions
+from dfm.tasks.motion import MotionDenoiser, MotionField, SplatWarp, coarse_warp_error, motion_video, sample_motions
 from dfm.visualize import flow_to_color
 
 
@@ -19,21 +21,77 @@ def test_splat_warp_moves_the_frame():
     frame[..., 2, 3] = 1.0
     flow = torch.zeros(1, 2, 8, 8)
     flow[:, 0], flow[:, 1] = 2.0, -1.0
-    out = SplatWarp()(MotionField(flow, torch.zeros(1, 1, 8, 8)), frame)
+    out = SplatWarp(fill=False)(MotionField(flow, torch.zeros(1, 1, 8, 8)), frame)
     assert out[0, :, 1, 5].tolist() == [1.0, 1.0, 1.0] and out.sum() == 3
+    # filled: the column and row the shift uncovers copy their covered neighbours (0 here), and
+    # the source's old place, covered by its left neighbour, stays 0 as well
+    filled = SplatWarp()(MotionField(flow, torch.zeros(1, 1, 8, 8)), frame)
+    assert filled[0, :, 1, 5].tolist() == [1.0, 1.0, 1.0] and filled[0, :, 7, :2].abs().sum() == 0
     with pytest.raises(ValueError, match="splatting mode"):
         SplatWarp("nearest")
 
 
-def test_denoiser_outputs_a_bounded_motion_field():
-    dit = DiT(6, 3, size="T", width=32, depth=1, heads=2)
+class FixedFlow(torch.nn.Module):
+    """A stand-in for the DiT that outputs one flow (in units of flow_scale) whatever it reads."""
+
+    def __init__(self, flow: torch.Tensor):
+        super().__init__()
+        self.flow = flow
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.flow.expand(x.shape[0], -1, -1, -1)
+
+
+def test_denoiser_flow_comes_from_the_network_and_z_from_brightness_constancy():
+    dit = DiT(6, 2, size="T", width=32, depth=1, heads=2)
     with torch.no_grad():
-        dit.out.bias.copy_(torch.tensor([0.5, -1.0, 100.0] * 4))  # 2x2 patches, 3 channels
-    field = MotionDenoiser(dit, flow_scale=4.0, metric_range=20.0)(torch.zeros(2, 3, 8, 8), None, torch.zeros(2, 3, 8, 8), torch.ones(2), None)
-    assert field.flow.shape == (2, 2, 8, 8) and field.metric.shape == (2, 1, 8, 8)
+        dit.out.bias.copy_(torch.tensor([0.5, -1.0] * 4))  # 2x2 patches, 2 channels
+    schedule = NoiseSchedule()
+    frame, noisy, t = torch.rand(2, 3, 8, 8), torch.randn(2, 3, 8, 8), torch.tensor([10.0, 700.0])
+    field = MotionDenoiser(dit, schedule, flow_scale=4.0, min_sigma=0.1, metric_range=20.0)(frame, None, noisy, t, None)
     torch.testing.assert_close(field.flow[:, 0], torch.full((2, 8, 8), 2.0))
     torch.testing.assert_close(field.flow[:, 1], torch.full((2, 8, 8), -4.0))
-    assert (field.metric < 20).all() and (field.metric > 19).all()
+    # Z(p): the Gaussian log-likelihood of x_t(p + flow) given sqrt(abar) I_0(p), here by explicit
+    # indexing (an integer flow reads x_t 2 columns right, 4 rows up; 0 outside the image)
+    abar = schedule.alpha_bar(t).view(2, 1, 1)
+    seen = torch.zeros_like(noisy)
+    seen[..., 4:, :6] = noisy[..., :4, 2:]
+    expected = -(seen - abar[:, None].sqrt() * frame).square().sum(1) / (2 * (1 - abar + abar * 0.01))
+    torch.testing.assert_close(field.metric[:, 0], 20 * torch.tanh(expected / 20))
+    assert (field.metric <= 0).all() and (field.metric >= -20).all()
+
+
+def test_the_pixel_the_next_frame_shows_wins_a_collision():
+    # a one-row frame: pixel 2 (bright) moves one pixel right onto pixel 3 (dark), which stays still
+    frame = torch.full((1, 3, 1, 6), -0.5)
+    frame[..., 2] = 0.8
+    flow = torch.zeros(1, 2, 1, 6)
+    flow[:, 0, :, 2] = 1.0
+    denoiser = MotionDenoiser(FixedFlow(flow), NoiseSchedule(), flow_scale=1.0)
+    t = torch.zeros(1)
+    moved = frame.clone()
+    moved[..., 2], moved[..., 3] = -0.5, 0.8  # the next frame agrees with the flow: the bright pixel wins
+    out = SplatWarp(fill=False)(denoiser(frame, None, moved, t, None), frame)
+    # Z = 0 against Z = -4 (the range's floor): the loser keeps a weight of e^-4 / (1 + e^-4), 1.3 * 0.018 = 0.024
+    torch.testing.assert_close(out[..., 3], torch.full((1, 3, 1), 0.8), atol=0.025, rtol=0)
+    # the next frame shows the dark pixel still there: the flow sent the bright one the wrong way, so it loses
+    out = SplatWarp(fill=False)(denoiser(frame, None, frame, t, None), frame)
+    torch.testing.assert_close(out[..., 3], torch.full((1, 3, 1), -0.5), atol=0.025, rtol=0)
+
+
+def test_coarse_warp_error_known_values_and_reach():
+    g = torch.Generator().manual_seed(0)
+    frame, target = torch.rand(2, 3, 16, 16, generator=g), torch.rand(2, 3, 16, 16, generator=g)
+    still = MotionField(torch.zeros(2, 2, 16, 16), torch.zeros(2, 1, 16, 16))
+    assert coarse_warp_error(still, frame, frame) == 0
+    pooled = [(F.avg_pool2d(frame, k) - F.avg_pool2d(target, k)).square().mean() for k in (2, 4)]
+    torch.testing.assert_close(coarse_warp_error(still, frame, target), sum(pooled) / 2)
+    # a smooth blob moved 3 px right: at flow 0, descending the pooled warps' error moves the flow right
+    yy, xx = torch.meshgrid(torch.arange(16.0), torch.arange(16.0), indexing="ij")
+    blob = lambda cx: torch.exp(-((xx - cx) ** 2 + (yy - 8) ** 2) / 8).expand(1, 3, 16, 16)  # noqa: E731
+    flow = torch.zeros(1, 2, 16, 16, requires_grad=True)
+    coarse_warp_error(MotionField(flow, torch.zeros(1, 1, 16, 16)), blob(6.0), blob(9.0)).backward()
+    assert -flow.grad[:, 0].sum() > 3 * flow.grad[:, 1].sum().abs()
 
 
 def test_edge_aware_smoothness_known_values():
@@ -87,13 +145,13 @@ def test_training_on_one_batch_lowers_the_loss(sprites_root):
     batch = torch.utils.data.default_collate([data[i] for i in range(16)])
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     losses = []
-    for step in range(60):
+    for step in range(100):
         loss = model(batch, torch.Generator().manual_seed(step % 4))  # 4 fixed noise draws
         opt.zero_grad()
         loss["loss"].backward()
         opt.step()
         losses.append(loss["target"].item())
-    assert set(loss) == {"target", "smoothness", "loss"}
+    assert set(loss) == {"target", "smoothness", "multiscale", "loss"}
     assert np.mean(losses[-8:]) < 0.7 * np.mean(losses[:4]), losses
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from dfm.splatting import MODES, softsplat, splat
+from dfm.splatting import MODES, backward_warp, fill_holes, softsplat, splat
 
 
 def test_integer_flow_is_an_exact_shift():
@@ -77,3 +77,37 @@ def test_real_stereo_pair_is_reproduced():
     warped, covered = softsplat(left, flow, disp, "softmax", source_mask=valid.float(), min_coverage=0.5)
     assert psnr(warped, right, covered) >= 27.0  # nearer pixels (larger disparity) win occlusions
     assert psnr(left, right, covered) < 15.0  # what not warping would score
+
+
+def test_fill_holes_takes_the_mean_of_the_nearest_covered_pixels():
+    image = torch.arange(25.0).view(1, 1, 5, 5).repeat(1, 2, 1, 1)
+    mask = torch.ones(1, 1, 5, 5)
+    mask[..., 2, 2] = 0  # an isolated hole: the mean of its 8 neighbours (= its own index, 12)
+    mask[..., 0, :2] = 0  # a hole at the border: (0, 0) has covered neighbours 5 and 6 in its 3x3 window
+    filled = fill_holes(image * mask, mask)
+    assert filled[0, 0, 2, 2] == 12 and filled[0, 1, 0, 0] == (5 + 6) / 2
+    assert torch.equal(filled * mask, image * mask)  # covered pixels keep their values
+    far = torch.zeros(1, 1, 9, 9)
+    far[..., 0, 0] = 1  # one covered pixel: a 3x3 window reaches it from (1, 1); (8, 8) needs 17x17
+    out = fill_holes(torch.full((1, 1, 9, 9), 7.0) * far, far)
+    torch.testing.assert_close(out, torch.full_like(out, 7.0))
+    image = torch.rand(1, 3, 5, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: fill_holes(x, mask.double()), (image,))
+
+
+def test_backward_warp_reads_where_the_flow_points():
+    image = torch.arange(20.0).view(1, 1, 4, 5)
+    flow = torch.zeros(1, 2, 4, 5)
+    flow[:, 0], flow[:, 1] = 1.0, 2.0  # read one column right and two rows down
+    out = backward_warp(image, flow)
+    assert torch.equal(out[..., :2, :4], image[..., 2:, 1:]) and out[..., 2:, :].abs().sum() == 0 and out[..., 4].abs().sum() == 0
+    flow[:, 0], flow[:, 1] = 0.25, 0.0  # a quarter pixel right: linear between neighbours
+    torch.testing.assert_close(backward_warp(image, flow)[..., :4], image[..., :4] + 0.25)
+    # what splatting moves forward by an integer flow, the backward warp by the same flow reads back
+    src = torch.rand(1, 3, 6, 6)
+    shift = torch.zeros(1, 2, 6, 6)
+    shift[:, 0] = 2.0
+    torch.testing.assert_close(backward_warp(splat(src, shift), shift)[..., :4], src[..., :4])
+    image = torch.rand(1, 2, 4, 5, dtype=torch.float64, requires_grad=True)
+    smooth = (torch.rand(1, 2, 4, 5, dtype=torch.float64) * 0.8 + 0.1).requires_grad_()  # away from pixel centres
+    assert torch.autograd.gradcheck(backward_warp, (image, smooth))

@@ -83,6 +83,8 @@ def test_invalid_parameters():
         SpriteMotion(frames=4)
     with pytest.raises(ValueError, match="radius"):
         SpriteMotion(resolution=8, max_radius=5)
+    with pytest.raises(ValueError, match="sprite_pattern"):
+        SpriteMotion(sprite_pattern="dots")
 
 
 def test_written_dataset_is_read_by_the_vimeo_loader(tmp_path):

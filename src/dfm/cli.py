@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from dfm.config import ConfigError, builtin_configs
+from dfm.data.sprites import PATTERNS
 from dfm.data.vimeo import DatasetError
 from dfm.generators import GeneratorError
 from dfm.training import CheckpointError, TrainingError, TrainingInterrupted
@@ -115,7 +116,7 @@ def cmd_data_motion(args: argparse.Namespace) -> int:
 
     generator = SpriteMotion(
         resolution=args.res, frames=args.frames, sprites=args.sprites, directions=args.directions, speed=args.speed,
-        min_radius=args.min_radius, max_radius=args.max_radius,
+        min_radius=args.min_radius, max_radius=args.max_radius, sprite_pattern=args.sprite_pattern,
     )
     out = write_dataset(args.out, generator, args.sequences, args.test_fraction, args.seed)
     print(f"wrote {args.sequences} sequences to {out}")
@@ -212,6 +213,8 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--speed", type=float, default=3.0, help="pixels per frame")
     m.add_argument("--min-radius", type=float, default=4.0, help="smallest sprite radius in pixels")
     m.add_argument("--max-radius", type=float, default=7.0, help="largest sprite radius in pixels")
+    m.add_argument("--sprite-pattern", default="blobs", choices=PATTERNS,
+                   help="sprite texture: smooth random colours, or two crossed sine gratings, or one (see dfm.data.sprites)")
     m.set_defaults(func=cmd_data_motion)
 
     s3 = kinds.add_parser("synth3d", parents=[written], help="primitives with a hidden side of random palette colour, multi-view",

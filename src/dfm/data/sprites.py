@@ -27,6 +27,7 @@ from tqdm import tqdm
 from dfm.data.vimeo import write_lists, write_sequence
 
 SHAPES = ("disc", "square", "diamond")
+PATTERNS = ("blobs", "plaid", "stripes")
 
 
 @dataclass(frozen=True)
@@ -40,10 +41,13 @@ class SpriteMotion:
     speed: float = 3.0  # pixels per frame
     min_radius: float = 4.0
     max_radius: float = 7.0
+    sprite_pattern: str = "blobs"  # a sprite's texture: "blobs" (smooth random colours), "plaid" or "stripes" (gratings)
 
     def __post_init__(self) -> None:
         if self.frames not in (3, 7):
             raise ValueError(f"frames must be 3 (triplet) or 7 (septuplet), got {self.frames}")
+        if self.sprite_pattern not in PATTERNS:
+            raise ValueError(f"sprite_pattern must be one of {PATTERNS}, got {self.sprite_pattern!r}")
         if not 0 < self.min_radius <= self.max_radius < self.resolution / 2:
             raise ValueError(f"need 0 < min_radius <= max_radius < resolution/2, got {self.min_radius}, {self.max_radius}")
 
@@ -65,7 +69,7 @@ class SpriteMotion:
                 radius=radius,
                 centre=rng.uniform(radius, r - radius, size=2),  # (x, y): whole in the first frame
                 direction=int(rng.integers(self.directions)),
-                texture=_texture(rng, r, yy, xx, contrast=0.3, base=rng.uniform(0.1, 0.95, size=3)),
+                texture=_sprite_texture(rng, r, yy, xx, rng.uniform(0.1, 0.95, size=3), self.sprite_pattern),
             ))
         frames, masks = [], None
         for k in range(self.frames):
@@ -102,15 +106,45 @@ class SpriteScene:
     meta: list[dict]  # per-sprite parameters, as written to meta.json
 
 
-def _texture(rng: np.random.Generator, r: int, yy: np.ndarray, xx: np.ndarray, contrast: float, base=None) -> np.ndarray:
-    """A smooth colour field plus an oriented grating: (r, r, 3) in [0, 1]."""
+def _texture(
+    rng: np.random.Generator, r: int, yy: np.ndarray, xx: np.ndarray, contrast: float, base=None,
+    gratings: int = 1, periods: tuple[float, float] = (4, 10),
+) -> np.ndarray:
+    """A smooth colour field plus ``gratings`` sine gratings at right angles to each other (one:
+    stripes; two: a plaid, whose motion is visible in every direction, not only across the stripes):
+    (r, r, 3) in [0, 1]."""
     coarse = rng.uniform(0, 1, size=(4, 4, 3)) if base is None else base + rng.uniform(-0.05, 0.05, size=(4, 4, 3))
-    field = torch.nn.functional.interpolate(
+    field = _smooth(coarse, r)
+    angle = rng.uniform(0, math.pi)
+    pattern = 0.0
+    for k in range(gratings):
+        a, period = angle + k * math.pi / 2, rng.uniform(*periods)
+        pattern = pattern + np.sin(2 * math.pi * (xx * math.cos(a) + yy * math.sin(a)) / period + rng.uniform(0, 2 * math.pi))
+    return np.clip(field + contrast * 0.5 * pattern[..., None] / gratings, 0, 1)
+
+
+def _sprite_texture(rng: np.random.Generator, r: int, yy: np.ndarray, xx: np.ndarray, base: np.ndarray, pattern: str) -> np.ndarray:
+    """A sprite's texture around its colour ``base``, (r, r, 3) in [0, 1].
+
+    ``blobs``: +-0.35 on a 10 x 10 grid, interpolated smoothly (features of about 3 px at 32 x 32).
+    Every shift shows, and a shifted patch matches best at its true place, so a warp's error falls
+    steadily as the flow approaches the true one. ``plaid`` and ``stripes`` add two crossed sine
+    gratings or one (periods 6-12 px) to a nearly flat colour. They are periodic, so a 3 px shift
+    of a 6 px grating looks like the opposite one, and a warp fitted from small flows stops at
+    short, wrong ones: for 3 px true motion, per-pixel flows optimised from 0 by the warp's error
+    plus the motion config's smoothness term average 1.35 px over a sprite on plaid, 1.9 px on
+    blobs. Motion along stripes is invisible."""
+    if pattern == "blobs":
+        coarse = np.clip(base + rng.uniform(-0.35, 0.35, size=(10, 10, 3)), 0, 1)
+        return np.clip(_smooth(coarse, r), 0, 1)
+    return _texture(rng, r, yy, xx, contrast=0.3, base=base, gratings=2 if pattern == "plaid" else 1, periods=(6, 12))
+
+
+def _smooth(coarse: np.ndarray, r: int) -> np.ndarray:
+    """A (g, g, 3) grid interpolated bicubically to (r, r, 3)."""
+    return torch.nn.functional.interpolate(
         torch.from_numpy(coarse).permute(2, 0, 1)[None], size=(r, r), mode="bicubic", align_corners=True
     )[0].permute(1, 2, 0).numpy()
-    angle, period = rng.uniform(0, math.pi), rng.uniform(4, 10)
-    grating = np.sin(2 * math.pi * (xx * math.cos(angle) + yy * math.sin(angle)) / period + rng.uniform(0, 2 * math.pi))
-    return np.clip(field + contrast * 0.5 * grating[..., None], 0, 1)
 
 
 def _coverage(shape: str, centre: np.ndarray, radius: float, xx: np.ndarray, yy: np.ndarray) -> np.ndarray:
