@@ -53,6 +53,7 @@ VARIANTS = {
     "no_field_checkpointing": ["model.render.checkpoint=false"],  # keep the field's activations
     "one_field": ["model.field.coarse_network=false"],  # one field for the coarse and fine passes
     "adafactor": ["train.optimizer=adafactor"],  # factored optimiser state instead of AdamW's two moments
+    "adaptive_mmap": ["train.mmap_threshold_kib=0"],  # glibc's own mmap threshold, which climbs to 32 MB
 }
 PUBLISHED = ("published code (quoted)", 107.0, 23.4)  # s / step, GB
 TARGET_GB, TARGET_S = 8.0, 107.0
@@ -120,11 +121,13 @@ def synthetic_batch(resolution: int, context_views: int, patch_size: int | None,
 def measure(config: str, overrides: list[str], steps: int, warmup: int, threads: int, optimizer: bool) -> dict:
     """Build the model and run ``warmup`` + ``steps`` training steps; times and memory (in a fresh process)."""
     from dfm.runs import task_from_config
-    from dfm.training.trainer import make_optimizer
+    from dfm.training.trainer import fix_mmap_threshold, make_optimizer
 
     torch.set_num_threads(threads)
     task = task_from_config(config, overrides)
     cfg = task.cfg
+    if cfg.train.mmap_threshold_kib > 0:  # as the trainer does
+        fix_mmap_threshold(cfg.train.mmap_threshold_kib)
     torch.manual_seed(cfg.train.seed)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -27,6 +27,8 @@ from dfm.training import (
     load_checkpoint,
 )
 
+from dfm.training.trainer import fix_mmap_threshold
+
 WORKER = Path(__file__).with_name("ddp_worker.py")
 CONFIG = TrainConfig(
     steps=40, batch_size=16, lr=0.1, warmup_steps=5, checkpoint_every=10, log_every=5, preview_every=20,
@@ -266,3 +268,21 @@ def test_sigterm_to_one_of_two_processes_stops_both_with_a_checkpoint(tmp_path):
     assert "stopped by a signal to another process at step 11" in proc.stderr
     assert "stopped by SIGTERM at step 11" in proc.stderr
     assert load_checkpoint(tmp_path / "item").step == 11
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_fixed_mmap_threshold_hands_freed_blocks_back():
+    def rss() -> int:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+
+    big = torch.ones(4 * 2**20)
+    del big  # freeing a 16 MB block raises glibc's adaptive threshold above 1 MiB
+    assert fix_mmap_threshold(128)
+    base, blocks, small = rss(), [], []
+    for _ in range(200):  # 1 MiB blocks, each followed by a small block that stays: a heap could not trim them
+        blocks.append(torch.ones(2**18))
+        small.append(torch.ones(16))
+    grown = rss()
+    del blocks
+    assert grown - base > 150 * 2**20 and rss() - base < 20 * 2**20
