@@ -42,7 +42,7 @@ bench-scenes: $(STAMP)
 
 # one training step of the paper-scale 3-D model on this CPU (AdamW and Adafactor: ~15 GB of RAM, 10 min)
 bench-step: $(STAMP)
-	$(BIN)/python benchmarks/step.py --steps 1 --warmup 1 --variants adafactor
+	$(BIN)/python benchmarks/step.py train.optimizer=adafactor --steps 1 --warmup 1 --variants adaptive_mmap
 
 clean:
 	rm -rf outputs runs

@@ -70,7 +70,7 @@ def fix_mmap_threshold(kib: int) -> bool:
     Process-wide. glibc raises its threshold (from 128 KiB up to 32 MB) each time such a block is
     freed, after which blocks below it come from the heap, which keeps freed memory and fragments.
     Activations of many sizes are freed every step, so the resident peak grows by what the heap
-    holds: in the paper-scale scenes step (with Adafactor), 8.6 GB with glibc's adaptive threshold,
+    holds: in the paper-scale scenes step (with Adafactor), 8.75 GB with glibc's adaptive threshold,
     6.2 GB with it fixed at 128 KiB, its initial value (``benchmarks/step.py``). Every such block
     is then mapped and faulted in afresh, which costs time where a step allocates much for little
     compute: the CPU motion config trains at 1.3 instead of 1.9 steps/s, so it is off by default."""
