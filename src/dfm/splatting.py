@@ -24,16 +24,22 @@ from torch import Tensor
 MODES = ("summation", "average", "linear", "softmax")
 
 
-def splat(values: Tensor, flow: Tensor) -> Tensor:
-    """Bilinear forward splatting with summation: ``(B, C, H, W)`` values moved by ``(B, 2, H, W)`` flow."""
-    b, c, h, w = values.shape
+def destinations(image: Tensor, flow: Tensor) -> tuple[Tensor, Tensor]:
+    """Where ``flow`` ``(B, 2, H, W)`` sends each pixel of ``image`` ``(B, C, H, W)``: ``x, y`` ``(B, H, W)`` in pixels."""
+    b, _, h, w = image.shape
     if flow.shape != (b, 2, h, w):
         raise ValueError(f"flow must have shape {(b, 2, h, w)}, got {tuple(flow.shape)}")
     ys, xs = torch.meshgrid(
         torch.arange(h, device=flow.device, dtype=flow.dtype), torch.arange(w, device=flow.device, dtype=flow.dtype),
         indexing="ij",
     )
-    x, y = xs + flow[:, 0], ys + flow[:, 1]
+    return xs + flow[:, 0], ys + flow[:, 1]
+
+
+def splat(values: Tensor, flow: Tensor) -> Tensor:
+    """Bilinear forward splatting with summation: ``(B, C, H, W)`` values moved by ``(B, 2, H, W)`` flow."""
+    b, c, h, w = values.shape
+    x, y = destinations(values, flow)
     x0, y0 = x.detach().floor(), y.detach().floor()
     fx, fy = x - x0, y - y0  # the gradient w.r.t. the flow flows through these
     out = values.new_zeros(b, c, h * w)
@@ -90,15 +96,10 @@ def backward_warp(image: Tensor, flow: Tensor) -> Tensor:
     """``image`` read at ``p + flow(p)`` for every pixel ``p`` (bilinear; 0 outside the image): what
     ``image`` shows where ``flow`` sends each pixel. The inverse direction of :func:`splat`, and the
     brightness-constancy check of a forward flow against the frame it should produce."""
-    b, _, h, w = image.shape
-    if flow.shape != (b, 2, h, w):
-        raise ValueError(f"flow must have shape {(b, 2, h, w)}, got {tuple(flow.shape)}")
-    ys, xs = torch.meshgrid(
-        torch.arange(h, device=flow.device, dtype=flow.dtype), torch.arange(w, device=flow.device, dtype=flow.dtype),
-        indexing="ij",
-    )
+    h, w = image.shape[-2:]
+    x, y = destinations(image, flow)
     # grid_sample's align_corners=False: pixel centre i sits at (2 i + 1) / size - 1
-    grid = torch.stack([(2 * (xs + flow[:, 0]) + 1) / w - 1, (2 * (ys + flow[:, 1]) + 1) / h - 1], dim=-1)
+    grid = torch.stack([(2 * x + 1) / w - 1, (2 * y + 1) / h - 1], dim=-1)
     return F.grid_sample(image, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 

@@ -51,17 +51,12 @@ class SplatWarp(nn.Module):
         self.mode, self.fill = mode, fill
 
     def forward(self, signal: MotionField, frame: Tensor) -> Tensor:
-        return warp(frame, signal, self.mode, self.fill)
-
-
-def warp(frame: Tensor, motion: MotionField, mode: str = "softmax", fill: bool = True) -> Tensor:
-    """``frame`` forward-warped by ``motion`` (batched), its disocclusions filled unless ``fill=False``."""
-    warped, covered = softsplat(frame, motion.flow, motion.metric, mode)
-    return fill_holes(warped, covered) if fill else warped
+        warped, covered = softsplat(frame, signal.flow, signal.metric, self.mode)
+        return fill_holes(warped, covered) if self.fill else warped
 
 
 def coarse_warp_error(
-    motion: MotionField, frame: Tensor, target: Tensor, factors: tuple[int, ...] = (2, 4), mode: str = "softmax", fill: bool = True,
+    motion: MotionField, frame: Tensor, target: Tensor, forward_model: SplatWarp | None = None, factors: tuple[int, ...] = (2, 4),
 ) -> Tensor:
     """Mean over ``factors`` k of the squared error of the warp at 1/k resolution: the frame, the
     flow (divided by k) and Z average-pooled by k, against the pooled target.
@@ -71,10 +66,11 @@ def coarse_warp_error(
     pixel, and the pooled flow is the mean over a region, which is what has to reach the true
     motion (per-pixel flows optimised from 0 on the sprite data: 1.9 px over a sprite without this
     term, 2.2 px with it, for 3 px true motion). It is 0 where the warp is exact at every scale."""
+    forward_model = forward_model or SplatWarp()
     total = frame.new_zeros(())
     for k in factors:
         pooled = MotionField(F.avg_pool2d(motion.flow, k) / k, F.avg_pool2d(motion.metric, k))
-        total = total + (warp(F.avg_pool2d(frame, k), pooled, mode, fill) - F.avg_pool2d(target, k)).square().mean()
+        total = total + (forward_model(pooled, F.avg_pool2d(frame, k)) - F.avg_pool2d(target, k)).square().mean()
     return total / len(factors)
 
 
@@ -103,7 +99,7 @@ class MotionDenoiser(nn.Module):
         self.flow_scale, self.min_sigma, self.metric_range = flow_scale, min_sigma, metric_range
 
     def forward(self, ctxt_obs: Tensor, ctxt_params, noisy_obs: Tensor, t: Tensor, trgt_params) -> MotionField:
-        flow = self.dit(torch.cat([ctxt_obs, noisy_obs], dim=1), t)[:, :2] * self.flow_scale
+        flow = self.dit(torch.cat([ctxt_obs, noisy_obs], dim=1), t) * self.flow_scale
         abar = self.schedule.alpha_bar(t).to(flow.dtype).view(-1, 1, 1, 1)
         residual = backward_warp(noisy_obs, flow) - abar.sqrt() * ctxt_obs
         variance = (1 - abar) + abar * self.min_sigma**2
@@ -169,10 +165,11 @@ def sample_motions(model: DFM, frames: Tensor, num_samples: int, seed: int = 0, 
     return per_frame(out.observation), MotionField(per_frame(out.signal.flow), per_frame(out.signal.metric))
 
 
-def motion_video(frame: Tensor, motion: MotionField, steps: int = 12, mode: str = "softmax", fill: bool = True) -> list[Tensor]:
+def motion_video(frame: Tensor, motion: MotionField, steps: int = 12, forward_model: SplatWarp | None = None) -> list[Tensor]:
     """The frame moving along its motion: forward warps by ``s * flow`` for s from 0 to 1 and back."""
+    forward_model = forward_model or SplatWarp()
     ramp = [s / (steps - 1) for s in range(steps)]
-    warped = [warp(frame[None], MotionField(s * motion.flow[None], motion.metric[None]), mode, fill)[0] for s in ramp]
+    warped = [forward_model(MotionField(s * motion.flow[None], motion.metric[None]), frame[None])[0] for s in ramp]
     return warped + warped[::-1]
 
 
@@ -183,13 +180,14 @@ class MotionTask(Task):
         m = self.cfg.model
         dit = m.build(6, 2)
         gamma = self.cfg.smoothness_edge_weight
+        forward_model = SplatWarp(m.splatting, m.fill_holes)
         regularizers = {
             "smoothness": lambda signal, batch, predictions: edge_aware_smoothness(signal.flow, batch["trgt_params"], gamma),
-            "multiscale": lambda signal, batch, predictions: coarse_warp_error(signal, batch["trgt_params"], batch["trgt_obs"], mode=m.splatting, fill=m.fill_holes),
+            "multiscale": lambda signal, batch, predictions: coarse_warp_error(signal, batch["trgt_params"], batch["trgt_obs"], forward_model),
         }
         schedule = NoiseSchedule(self.cfg.objective.diffusion_steps)
         denoiser = MotionDenoiser(dit, schedule, m.flow_scale, m.min_sigma, m.metric_range)
-        return self.make_dfm(denoiser, SplatWarp(m.splatting, m.fill_holes), schedule, regularizers)
+        return self.make_dfm(denoiser, forward_model, schedule, regularizers)
 
     def train_dataset(self) -> Dataset:
         root = Path(self.cfg.data.root)
@@ -225,7 +223,7 @@ class MotionTask(Task):
         written.append(out_dir / "samples.pt")
         for i in range(frames.shape[0]):
             for j in range(s.num_samples):
-                video = motion_video(frames[i], MotionField(motion.flow[i, j], motion.metric[i, j]), mode=self.cfg.model.splatting, fill=self.cfg.model.fill_holes)
+                video = motion_video(frames[i], MotionField(motion.flow[i, j], motion.metric[i, j]), forward_model=model.forward_model)
                 clip = [upscaled(to_uint8(f)) for f in video]
                 for ext in ("gif", "mp4"):
                     written.append(save_video(clip, out_dir / f"input{i}_sample{j}.{ext}"))
