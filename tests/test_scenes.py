@@ -56,16 +56,19 @@ def tiny_task(root, **changes):
 def test_examples_use_view_0_as_context_and_crop_the_target_patch(data):
     views = SceneViews(data, "train", RES, context_views=2, patch_size=8, repeats=3, seed=1)
     assert len(views) == 6 * 3
+    novel_in_context = 0
     for i in range(len(views)):
         item = views[i]
         scene = views.scenes[i % 6]
         assert torch.equal(item["ctxt_obs"][0], scene["images"][0]) and torch.equal(item["ctxt_params"]["c2w"][0], scene["c2w"][0])
         used = [int((scene["c2w"] == c).all((1, 2)).nonzero()) for c in
                 (*item["ctxt_params"]["c2w"], item["trgt_params"]["c2w"], item["novel_params"]["c2w"])]
-        assert len(set(used)) == 4  # context views, target and novel are distinct views
+        assert len(set(used[:3])) == 3 and used[3] != used[2]  # distinct context views and target; novel != target
+        novel_in_context += used[3] in used[:2]
         top, left = item["trgt_params"]["patch"].tolist()
         assert torch.equal(item["trgt_pixels"], item["trgt_obs"][:, top:top + 8, left:left + 8])
         assert item["novel_obs"].shape == (3, 8, 8)
+    assert 0 < novel_in_context < len(views)  # the novel view is sometimes a context view, not always
     assert all(torch.equal(a, b) for a, b in zip(views[5].values(), views[5].values()) if isinstance(a, torch.Tensor))
 
 
@@ -73,7 +76,7 @@ def test_examples_reject_wrong_sizes_and_too_few_views(data, tmp_path):
     with pytest.raises(DatasetError, match=r"16x16 images; the model is configured for 32x32"):
         SceneViews(data, "train", 32)
     with pytest.raises(DatasetError, match="6 views per scene"):
-        SceneViews(data, "train", RES, context_views=5)
+        SceneViews(data, "train", RES, context_views=6)
     with pytest.raises(DatasetError, match="does not exist"):
         SceneViews(tmp_path / "nowhere", "train", RES)
 

@@ -1,8 +1,11 @@
 """Training examples for the 3-D task: (context views, target view, novel view) of one scene.
 
 View 0 of every scene is its canonical context camera (the one that defines which side is hidden,
-see :mod:`dfm.data.synth3d`), so it is always a context view; the target and novel views are drawn
-from the other views, and with ``patch_size`` a random square of each is what the loss compares.
+see :mod:`dfm.data.synth3d`), so it is always a context view. The target is drawn from the other
+views; the novel view from every view but the target, the context views included, so that the
+sampled scene is also trained to reproduce the images it was given (with the target's features in
+the field, nothing else asks that of it). With ``patch_size`` a random square of each is what the
+loss compares.
 """
 
 from __future__ import annotations
@@ -37,8 +40,8 @@ class SceneViews(Dataset):
         views, _, height, width = first["images"].shape
         if (height, width) != (resolution, resolution):
             raise DatasetError(f"{root} holds {width}x{height} images; the model is configured for {resolution}x{resolution} (data.resolution)")
-        if views < context_views + 2:
-            raise DatasetError(f"{root} has {views} views per scene; {context_views} context views + target + novel need more")
+        if views < context_views + 1:
+            raise DatasetError(f"{root} has {views} views per scene; {context_views} context views + a target need more")
         if patch_size is not None and not 0 < patch_size <= min(height, width):
             raise DatasetError(f"patch_size {patch_size} does not fit the {width}x{height} images of {root}")
         self.resolution = height
@@ -51,7 +54,8 @@ class SceneViews(Dataset):
         rng = np.random.default_rng([self.seed, index])
         others = 1 + rng.permutation(len(scene["images"]) - 1)
         k = self.context_views
-        context, target, novel = [0, *others[: k - 1]], int(others[k - 1]), int(others[k])
+        context, target = [0, *others[: k - 1]], int(others[k - 1])
+        novel = int(rng.choice([v for v in range(len(scene["images"])) if v != target]))
 
         def cameras(view) -> dict[str, Tensor]:
             return {"c2w": scene["c2w"][view], "K": scene["K"][view]}
