@@ -126,8 +126,7 @@ def measure(config: str, overrides: list[str], steps: int, warmup: int, threads:
     torch.set_num_threads(threads)
     task = task_from_config(config, overrides)
     cfg = task.cfg
-    if cfg.train.mmap_threshold_kib > 0:  # as the trainer does
-        fix_mmap_threshold(cfg.train.mmap_threshold_kib)
+    fix_mmap_threshold(cfg.train.mmap_threshold_kib)  # as the trainer does
     torch.manual_seed(cfg.train.seed)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

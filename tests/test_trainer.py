@@ -280,6 +280,8 @@ big = torch.ones(4 * 2**20)
 del big  # freeing a 16 MB block raises glibc's adaptive threshold above 1 MiB
 if sys.argv[1] == "fixed":
     assert fix_mmap_threshold(128)
+else:
+    assert not fix_mmap_threshold(0)  # 0: glibc's adaptive threshold stays
 blocks, small = [], []
 for _ in range(200):  # 1 MiB blocks, each followed by a small block that stays: a heap could not trim them
     blocks.append(torch.ones(2**18))

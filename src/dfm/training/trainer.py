@@ -65,7 +65,8 @@ M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter (malloc.h)
 
 def fix_mmap_threshold(kib: int) -> bool:
     """Have glibc serve every allocation of ``kib`` KiB or more by ``mmap``, so that a freed tensor's
-    memory goes back to the system at once; False where there is no glibc (nothing changes).
+    memory goes back to the system at once; False for ``kib <= 0`` (glibc's adaptive threshold stays)
+    or where there is no glibc (nothing changes).
 
     Process-wide. glibc raises its threshold (from 128 KiB up to 32 MB) each time such a block is
     freed, after which blocks below it come from the heap, which keeps freed memory and fragments.
@@ -74,6 +75,8 @@ def fix_mmap_threshold(kib: int) -> bool:
     6.2 GB with it fixed at 128 KiB, its initial value (``benchmarks/step.py``). Every such block
     is then mapped and faulted in afresh, which costs time where a step allocates much for little
     compute: the CPU motion config trains at 1.3 instead of 1.9 steps/s, so it is off by default."""
+    if kib <= 0:
+        return False
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
@@ -243,8 +246,7 @@ class Trainer:
         device = self.accelerator.device
         if config.device not in ("auto", "cpu") and device.type != config.device:
             raise RuntimeError(f"device {config.device!r} requested, but the available device is {device}")
-        if config.mmap_threshold_kib > 0:
-            fix_mmap_threshold(config.mmap_threshold_kib)
+        fix_mmap_threshold(config.mmap_threshold_kib)
         self.model = model.to(device)  # the raw module: checkpoints and EMA use it, training the wrapped one
         optimizer = make_optimizer(model.parameters(), config, device.type)
         self.scheduler = LambdaLR(optimizer, lambda step: _lr_factor(step, config))
