@@ -153,7 +153,8 @@ def test_bound_field_renders_coarse_and_fine_in_chunks_and_trains_the_encoder():
     for level in ("coarse", "fine"):
         assert chunked[level]["rgb"].shape == (B, 16, 3) and chunked[level]["features"].shape == (B, 16, 2)
         assert (chunked[level]["rgb"].abs() <= 1).all()
-        assert torch.allclose(chunked[level]["rgb"], whole[level]["rgb"], atol=1e-6)
+        # chunks are matrix products of other shapes, whose kernels may sum in another order
+        assert torch.allclose(chunked[level]["rgb"], whole[level]["rgb"], atol=1e-5)
     (chunked["coarse"]["rgb"].square().mean() + chunked["fine"]["rgb"].square().mean()).backward()
     for name, p in encoder.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name

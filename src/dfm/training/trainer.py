@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import gather_object, send_to_device
+from accelerate.utils import DistributedType, gather_object, send_to_device
 from ema_pytorch import EMA
 from PIL import Image
 from torch import Tensor, nn
@@ -295,8 +295,17 @@ class Trainer:
                 run_config=self.run_config,
                 keep=self.config.keep_checkpoints,
             )
-        self.accelerator.wait_for_everyone()
+        self._wait_for_everyone()
         return path
+
+    def _wait_for_everyone(self) -> None:
+        """accelerate's barrier, except on CPU processes: accelerate passes the local rank as a CUDA
+        device to gloo's barrier, which fails (invalid device ordinal) on a machine with fewer GPUs than
+        processes, even though training is on the CPU."""
+        if self.accelerator.distributed_type == DistributedType.MULTI_CPU:
+            torch.distributed.barrier()
+        else:
+            self.accelerator.wait_for_everyone()
 
     def _restore(self, path: Path) -> int:
         ckpt = load_checkpoint(path)
@@ -454,7 +463,7 @@ class Trainer:
                     if writer is not None:
                         writer.flush()
 
-        acc.wait_for_everyone()
+        self._wait_for_everyone()
         seconds = time.perf_counter() - t_start
         stats.update(step=step, seconds=seconds, steps_per_sec=(step - first_step) / seconds)
         return stats
