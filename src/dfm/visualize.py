@@ -44,7 +44,8 @@ def save_video(frames: Sequence[np.ndarray], path: Path, fps: int = 12) -> Path:
         # H.264 players want sizes divisible by 16: pad with white rather than resample
         h, w = frames.shape[1:3]
         pad = ((0, 0), (0, -h % 16), (0, -w % 16), (0, 0))
-        iio.imwrite(path, np.pad(frames, pad, constant_values=255), fps=fps, codec="libx264")
+        # named, so that without imageio-ffmpeg imageio says so instead of trying another writer
+        iio.imwrite(path, np.pad(frames, pad, constant_values=255), fps=fps, codec="libx264", plugin="FFMPEG")
     return path
 
 
