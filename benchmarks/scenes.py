@@ -106,22 +106,32 @@ def evaluate(model, task, scenes: Synth3DDataset, count: int, samples: int, samp
     )
 
 
+def device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
+    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dfm", default="runs/scenes_synth3d", help="DFM run or checkpoint directory")
-    p.add_argument("--baseline", default="runs/scenes_synth3d_regression", help="the same model trained by regression")
+    p.add_argument("--baseline", default="runs/scenes_synth3d_regression", help="the same model trained by regression ('': none)")
     p.add_argument("--scenes", type=int, default=50, help="held-out scenes")
     p.add_argument("--samples", type=int, default=16, help="DFM samples per scene")
     p.add_argument("--steps", type=int, default=20, help="sampler steps")
     p.add_argument("--sampler", default="dpmpp_2m", help="ddim | dpmpp_2m")
     p.add_argument("--chunk", type=int, default=64, help="rays per rendering chunk (small chunks are faster on a CPU)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu | cuda (default: cuda if available)")
     p.add_argument("--docs", default="docs")
     args = p.parse_args()
     torch.set_grad_enabled(False)
 
     rows = {}
     for name, path in (("DFM", args.dfm), ("deterministic baseline (regression)", args.baseline)):
+        if not path:
+            continue
         task, model = load_trained(path, [f"model.render.chunk={args.chunk}"])
+        model.to(args.device)
         scenes = Synth3DDataset(task.cfg.data.root, "test")
         n = 1 if task.cfg.objective.deterministic else args.samples
         kwargs = dict(steps=args.steps, sampler=args.sampler)
@@ -132,8 +142,7 @@ def main() -> None:
 
     palette = "red, green, blue, yellow"
     print(f"\n{args.scenes} held-out Synth3D scenes at {task.cfg.data.resolution}x{task.cfg.data.resolution}, "
-          f"{args.samples} DFM samples per scene (1 for the baseline); {platform.processor() or platform.machine()}, "
-          f"{torch.get_num_threads()} threads\n")
+          f"{args.samples} DFM samples per scene (1 for the baseline); {device_name(args.device)}\n")
     print(f"| model | context PSNR | context SSIM | novel PSNR | novel SSIM | on-palette | colour frequencies ({palette}) | TV to uniform | s / sample |")
     print("|---|---:|---:|---:|---:|---:|---|---:|---:|")
     for name, r in rows.items():
@@ -148,8 +157,8 @@ def main() -> None:
     for name, r in rows.items():
         freq = " / ".join(f"{f:.2f}" for f in r["best_freq"])
         print(f"| {name} | {r['median_share']:.2f} | {freq} | {r['best_tv']:.3f} |")
-    print(f"reproduce: python benchmarks/scenes.py --dfm {args.dfm} --baseline {args.baseline} --scenes {args.scenes} "
-          f"--samples {args.samples} --steps {args.steps} --sampler {args.sampler}")
+    print(f"reproduce: python benchmarks/scenes.py --dfm {args.dfm} --baseline '{args.baseline}' --scenes {args.scenes} "
+          f"--samples {args.samples} --steps {args.steps} --sampler {args.sampler} --device {args.device}")
 
     grid = next(iter(rows.values()))["shown"]
     print(f"wrote {save_image(np.concatenate(grid, 0), Path(args.docs) / 'scenes_samples.png')}")
