@@ -120,6 +120,7 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=16, help="DFM samples per scene")
     p.add_argument("--steps", type=int, default=20, help="sampler steps")
     p.add_argument("--sampler", default="dpmpp_2m", help="ddim | dpmpp_2m")
+    p.add_argument("--eta", type=float, default=0.0, help="0: deterministic; 1: stochastic (ancestral DDIM, SDE-DPM-Solver++)")
     p.add_argument("--chunk", type=int, help="rays per rendering chunk (default: 64 on a CPU, where small chunks are faster; 4096 on a GPU)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu | cuda (default: cuda if available)")
     p.add_argument("--docs", default="docs")
@@ -135,9 +136,9 @@ def main() -> None:
         model.to(args.device)
         scenes = Synth3DDataset(task.cfg.data.root, "test")
         n = 1 if task.cfg.objective.deterministic else args.samples
-        kwargs = dict(steps=args.steps, sampler=args.sampler)
+        kwargs = dict(steps=args.steps, sampler=args.sampler, eta=args.eta)
         if name == "DFM":
-            name = f"DFM, {args.sampler} {args.steps} steps"
+            name = f"DFM, {args.sampler} {args.steps} steps" + (f", eta {args.eta:g}" if args.eta else "")
         rows[name] = evaluate(model, task, scenes, min(args.scenes, len(scenes)), n, kwargs)
         print(f"{name}: done", flush=True)
 
@@ -159,7 +160,7 @@ def main() -> None:
         freq = " / ".join(f"{f:.2f}" for f in r["best_freq"])
         print(f"| {name} | {r['median_share']:.2f} | {freq} | {r['best_tv']:.3f} |")
     print(f"reproduce: python benchmarks/scenes.py --dfm {args.dfm} --baseline '{args.baseline}' --scenes {args.scenes} "
-          f"--samples {args.samples} --steps {args.steps} --sampler {args.sampler} --device {args.device}")
+          f"--samples {args.samples} --steps {args.steps} --sampler {args.sampler} --eta {args.eta:g} --device {args.device}")
 
     grid = next(iter(rows.values()))["shown"]
     print(f"wrote {save_image(np.concatenate(grid, 0), Path(args.docs) / 'scenes_samples.png')}")

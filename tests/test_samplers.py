@@ -45,18 +45,22 @@ def test_ddim_matches_diffusers_step_by_step(eta):
     torch.testing.assert_close(ours, y, atol=1e-4, rtol=1e-4)
 
 
-def test_dpmpp_2m_matches_diffusers_step_by_step():
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_dpmpp_2m_matches_diffusers_step_by_step(eta):
     ref = DPMSolverMultistepScheduler(
         num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="sample",
-        algorithm_type="dpmsolver++", solver_order=2, solver_type="midpoint", lower_order_final=True,
-        final_sigmas_type="zero", timestep_spacing="linspace", thresholding=False,
+        algorithm_type="sde-dpmsolver++" if eta else "dpmsolver++", solver_order=2, solver_type="midpoint",
+        lower_order_final=True, final_sigmas_type="zero", timestep_spacing="linspace", thresholding=False,
     )
     ref.set_timesteps(10)
     x = torch.randn(4, 6, generator=torch.Generator().manual_seed(1))
-    ours, xs = record(dpmpp_2m, ref.timesteps.float(), x)
+    ours, xs = record(dpmpp_2m, ref.timesteps.float(), x, eta=eta, generator=torch.Generator().manual_seed(7))
+    gen = torch.Generator().manual_seed(7)
     y = x.clone()
     for i, t in enumerate(ref.timesteps):
-        y = ref.step(x0_model(y, t), t, y).prev_sample
+        # the same fresh noise as ours; none is drawn for the last step, which lands on x0
+        noise = torch.randn(y.shape, generator=gen) if eta and i < len(ref.timesteps) - 1 else torch.zeros_like(y)
+        y = ref.step(x0_model(y, t), t, y, variance_noise=noise).prev_sample
         torch.testing.assert_close(xs[i], y, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(ours, y, atol=1e-4, rtol=1e-4)
 
@@ -81,3 +85,19 @@ def test_gaussian_data_converges_to_exact_distribution():
     assert errors["ddim", 500] < 0.003 and errors["dpmpp_2m", 500] < 0.003
     assert errors["ddim", 500] < errors["ddim", 50] / 5
     assert errors["dpmpp_2m", 50] < errors["ddim", 50]
+
+
+@pytest.mark.parametrize("eta", [0.5, 1.0])
+def test_sde_dpmpp_reaches_the_exact_gaussian_too(eta):
+    """With a share of fresh noise at every step (diffusers has only eta = 1) the exact denoiser
+    still yields N(mu, s^2)."""
+    mu, s = -0.2, 0.4
+
+    def exact(x, t):
+        abar = SCHEDULE.alpha_bar(t.reshape(1))
+        a = abar.sqrt()
+        return mu + a * s**2 / (abar * s**2 + 1 - abar) * (x - a * mu)
+
+    x = torch.randn(200_000, generator=torch.Generator().manual_seed(0))
+    out = dpmpp_2m(exact, x, SCHEDULE.sampling_timesteps(200), SCHEDULE, eta=eta, generator=torch.Generator().manual_seed(1))
+    assert abs(out.mean().item() - mu) < 0.005 and abs(out.std().item() - s) < 0.005

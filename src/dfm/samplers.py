@@ -71,16 +71,19 @@ def dpmpp_2m(
     timesteps: Tensor,
     schedule: NoiseSchedule,
     *,
+    eta: float = 0.0,
     generator: torch.Generator | None = None,
     callback: Callback = None,
     progress: bool = False,
 ) -> Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022): second-order multistep in log-SNR, data prediction.
 
-    The first step is first order (no history yet); the last step lands on the clean
-    observation, which is the last x0 estimate (as diffusers does with ``final_sigmas_type="zero"``).
+    ``eta = 0`` is the probability-flow ODE; ``eta = 1`` is SDE-DPM-Solver++(2M), which re-draws
+    part of the noise at every step, as ancestral sampling does, so that a sample that has drifted
+    between modes can still settle into one (in between: a share of the noise). The first step is
+    first order (no history yet); the last step lands on the clean observation, which is the last
+    x0 estimate (as diffusers does with ``final_sigmas_type="zero"``).
     """
-    del generator  # deterministic; accepted for a uniform sampler signature
     x0_prev, h_prev = None, None
     for i, (t, t_next) in enumerate(_steps(timesteps, progress)):
         x0 = model(x, t)
@@ -94,7 +97,10 @@ def dpmpp_2m(
             if x0_prev is not None:
                 r = h_prev / h
                 d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * x0_prev
-            x = (s_n / s_t) * x - a_n * torch.expm1(-h) * d
+            x = (s_n / s_t) * torch.exp(-eta * h) * x - a_n * torch.expm1(-(1 + eta) * h) * d
+            if eta > 0:
+                noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+                x = x + s_n * (-torch.expm1(-2 * eta * h)).sqrt() * noise
             x0_prev, h_prev = x0, h
         if callback is not None:
             callback({"i": i, "t": t, "x": x, "denoised": x0})

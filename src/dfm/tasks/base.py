@@ -56,7 +56,7 @@ class SampleConfig:
     steps: int = 50
     sampler: str = "ddim"  # ddim | dpmpp_2m
     spacing: str = "uniform"  # uniform | karras
-    eta: float = 0.0  # DDIM only: 0 deterministic, 1 ancestral
+    eta: float = 0.0  # 0 deterministic; 1 stochastic (ancestral DDIM, SDE-DPM-Solver++)
     guidance: float = 1.0  # classifier-free guidance weight (1 = off)
     temperature: float = 1.0  # scale of the initial noise
     num_samples: int = 500
@@ -69,10 +69,9 @@ class SampleConfig:
             raise ValueError(f"sample.spacing must be one of {SPACINGS}, got {self.spacing!r}")
 
     def sampler_kwargs(self) -> dict[str, Any]:
-        kwargs = dict(steps=self.steps, sampler=self.sampler, spacing=self.spacing, guidance=self.guidance, temperature=self.temperature)
-        if self.sampler == "ddim":
-            kwargs["eta"] = self.eta
-        return kwargs
+        return dict(
+            steps=self.steps, sampler=self.sampler, spacing=self.spacing, guidance=self.guidance, temperature=self.temperature, eta=self.eta,
+        )
 
 
 class Task(ABC):
