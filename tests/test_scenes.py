@@ -72,6 +72,20 @@ def test_examples_use_view_0_as_context_and_crop_the_target_patch(data):
     assert all(torch.equal(a, b) for a, b in zip(views[5].values(), views[5].values()) if isinstance(a, torch.Tensor))
 
 
+def test_target_views_restrict_the_target_and_never_reach_the_context(data):
+    views = SceneViews(data, "train", RES, context_views=2, repeats=4, seed=2, target_views=[2, 3])
+    targets = []
+    for i in range(len(views)):
+        item, scene = views[i], views.scenes[i % 6]
+        used = [int((scene["c2w"] == c).all((1, 2)).nonzero()) for c in (*item["ctxt_params"]["c2w"], item["trgt_params"]["c2w"])]
+        assert used[0] == 0 and len(set(used)) == 3
+        targets.append(used[2])
+    assert set(targets) == {2, 3}
+    for bad in ([], [0, 2], [6]):
+        with pytest.raises(DatasetError, match=r"target_views .*views 0-5"):
+            SceneViews(data, "train", RES, target_views=bad)
+
+
 def test_examples_reject_wrong_sizes_and_too_few_views(data, tmp_path):
     with pytest.raises(DatasetError, match=r"16x16 images; the model is configured for 32x32"):
         SceneViews(data, "train", 32)

@@ -100,6 +100,7 @@ class ScenesDataConfig:
     context_views: int = 1  # view 0 plus context_views - 1 others
     patch_size: int | None = 16  # side of the rendered training patch; None: whole images
     repeats: int = 8  # draws of (target, novel, patches) per scene and epoch
+    target_views: list[int] | None = None  # the views a training target is drawn from; None: any but the context
     seed: int = 0
 
 
@@ -230,7 +231,7 @@ class ScenesTask(Task):
         d = self.cfg.data
         if not Path(d.root).exists():
             raise DatasetError(f"data.root {d.root} does not exist: write the procedural dataset with `dfm data synth3d --out {d.root}`")
-        return SceneViews(d.root, split, d.resolution, d.context_views, d.patch_size, repeats, d.seed)
+        return SceneViews(d.root, split, d.resolution, d.context_views, d.patch_size, repeats, d.seed, d.target_views)
 
     def test_scenes(self, count: int) -> list[dict]:
         """``count`` test scenes (every view, cameras and ``meta``), evenly spaced over the test split."""

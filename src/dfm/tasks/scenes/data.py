@@ -2,7 +2,8 @@
 
 View 0 of every scene is its canonical context camera (the one that defines which side is hidden,
 see :mod:`dfm.data.synth3d`), so it is always a context view. The target is drawn from the other
-views; the novel view from every view but the target, the context views included, so that the
+views, or from ``target_views`` alone: sampling diffuses the view opposite the context first, and
+the views that show what the context hides are where the denoiser has to generate; the novel view from every view but the target, the context views included, so that the
 sampled scene is also trained to reproduce the images it was given (with the target's features in
 the field, nothing else asks that of it). With ``patch_size`` a random square of each is what the
 loss compares.
@@ -32,7 +33,7 @@ class SceneViews(Dataset):
 
     def __init__(
         self, root: str | Path, split: str = "train", resolution: int = 32, context_views: int = 1,
-        patch_size: int | None = None, repeats: int = 1, seed: int = 0,
+        patch_size: int | None = None, repeats: int = 1, seed: int = 0, target_views: list[int] | None = None,
     ):
         self.scenes = Synth3DDataset(root, split)
         self.context_views, self.patch_size, self.repeats, self.seed = context_views, patch_size, repeats, seed
@@ -44,7 +45,9 @@ class SceneViews(Dataset):
             raise DatasetError(f"{root} has {views} views per scene; {context_views} context views + a target need more")
         if patch_size is not None and not 0 < patch_size <= min(height, width):
             raise DatasetError(f"patch_size {patch_size} does not fit the {width}x{height} images of {root}")
-        self.resolution = height
+        if target_views is not None and not (target_views and all(0 < v < views for v in target_views)):
+            raise DatasetError(f"target_views {list(target_views)}: {root} has views 0-{views - 1}, and view 0 is always the context")
+        self.resolution, self.target_views = height, target_views
 
     def __len__(self) -> int:
         return len(self.scenes) * self.repeats
@@ -54,7 +57,11 @@ class SceneViews(Dataset):
         rng = np.random.default_rng([self.seed, index])
         others = 1 + rng.permutation(len(scene["images"]) - 1)
         k = self.context_views
-        context, target = [0, *others[: k - 1]], int(others[k - 1])
+        if self.target_views is None:
+            context, target = [0, *others[: k - 1]], int(others[k - 1])
+        else:
+            target = int(rng.choice(self.target_views))
+            context = [0, *[int(v) for v in others if v != target][: k - 1]]
         novel = int(rng.choice([v for v in range(len(scene["images"])) if v != target]))
 
         def cameras(view) -> dict[str, Tensor]:
