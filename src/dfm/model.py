@@ -172,7 +172,7 @@ class DFM(nn.Module):
 
         ``guidance`` is the classifier-free guidance weight w in
         ``x0 = x0_uncond + w * (x0_cond - x0_uncond)`` (1 = no guidance); ``temperature`` scales
-        the initial noise. Extra keyword options go to the sampler (e.g. ``eta`` for DDIM).
+        the initial noise. Extra keyword options go to the sampler (e.g. ``eta``: 0 deterministic, 1 stochastic).
         """
         device = ctxt_obs.device
         if self.deterministic:

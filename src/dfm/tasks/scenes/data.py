@@ -2,11 +2,11 @@
 
 View 0 of every scene is its canonical context camera (the one that defines which side is hidden,
 see :mod:`dfm.data.synth3d`), so it is always a context view. The target is drawn from the other
-views, or from ``target_views`` alone: sampling diffuses the view opposite the context first, and
-the views that show what the context hides are where the denoiser has to generate; the novel view from every view but the target, the context views included, so that the
-sampled scene is also trained to reproduce the images it was given (with the target's features in
-the field, nothing else asks that of it). With ``patch_size`` a random square of each is what the
-loss compares.
+views, or only from ``target_views`` (say, those facing what the context hides, where the denoiser
+has to generate rather than copy); the novel view from every view but the target, the context
+views included, so that the sampled scene is also trained to reproduce the images it was given
+(with the target's features in the field, nothing else asks that of it). With ``patch_size`` a
+random square of each is what the loss compares.
 """
 
 from __future__ import annotations
