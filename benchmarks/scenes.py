@@ -118,7 +118,7 @@ def main() -> None:
     p.add_argument("--baseline", default="runs/scenes_synth3d_regression", help="the same model trained by regression ('': none)")
     p.add_argument("--scenes", type=int, default=50, help="held-out scenes")
     p.add_argument("--samples", type=int, default=16, help="DFM samples per scene")
-    p.add_argument("--steps", type=int, default=20, help="sampler steps")
+    p.add_argument("--steps", type=int, default=10, help="sampler steps (the README tables use 10)")
     p.add_argument("--sampler", default="dpmpp_2m", help="ddim | dpmpp_2m")
     p.add_argument("--eta", type=float, default=0.0, help="0: deterministic; 1: stochastic (ancestral DDIM, SDE-DPM-Solver++)")
     p.add_argument("--chunk", type=int, help="rays per rendering chunk (default: 64 on a CPU, where small chunks are faster; 4096 on a GPU)")
