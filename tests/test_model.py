@@ -279,7 +279,7 @@ def sample(model, batch, seed=0, **kwargs):
     return model.sample(batch["ctxt_obs"], batch["ctxt_params"], batch["trgt_params"], (n, M), generator=gen(seed), **kwargs)
 
 
-@pytest.mark.parametrize("sampler, options", [("ddim", {}), ("ddim", {"eta": 1.0}), ("dpmpp_2m", {})])
+@pytest.mark.parametrize("sampler, options", [("ddim", {}), ("ddim", {"eta": 1.0}), ("dpmpp_2m", {}), ("dpmpp_2m", {"eta": 1.0})])
 def test_sample_is_reproducible_per_seed(sampler, options):
     model = DFM(Probe(), LinearProjection())
     batch = make_batch()
@@ -396,11 +396,12 @@ def test_unknown_sampler_raises():
 def test_sampler_options_are_passed_through():
     model = DFM(Probe(), LinearProjection())
     batch = make_batch()
-    a = sample(model, batch, 0, eta=0.0)
-    b = sample(model, batch, 0, eta=1.0)
-    assert not torch.allclose(a.observation, b.observation)
+    for sampler in ("ddim", "dpmpp_2m"):
+        a = sample(model, batch, 0, sampler=sampler, eta=0.0)
+        b = sample(model, batch, 0, sampler=sampler, eta=1.0)
+        assert not torch.allclose(a.observation, b.observation)
     with pytest.raises(TypeError):
-        sample(model, batch, 0, sampler="dpmpp_2m", eta=1.0)  # dpmpp_2m has no eta
+        sample(model, batch, 0, sampler="dpmpp_2m", churn=1.0)  # no sampler has this option
 
 
 # -- learning ----------------------------------------------------------------------------------------
