@@ -57,11 +57,8 @@ class SceneViews(Dataset):
         rng = np.random.default_rng([self.seed, index])
         others = 1 + rng.permutation(len(scene["images"]) - 1)
         k = self.context_views
-        if self.target_views is None:
-            context, target = [0, *others[: k - 1]], int(others[k - 1])
-        else:
-            target = int(rng.choice(self.target_views))
-            context = [0, *[int(v) for v in others if v != target][: k - 1]]
+        target = int(others[k - 1] if self.target_views is None else rng.choice(self.target_views))
+        context = [0, *[int(v) for v in others if v != target][: k - 1]]
         novel = int(rng.choice([v for v in range(len(scene["images"])) if v != target]))
 
         def cameras(view) -> dict[str, Tensor]:
