@@ -24,9 +24,11 @@ from dfm.training import (
     Trainer,
     TrainingError,
     TrainingInterrupted,
+    RunInUseError,
     latest_checkpoint,
     load_checkpoint,
 )
+from dfm.training.lock import run_lock
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 CONFIG = TrainConfig(
@@ -306,3 +308,90 @@ def test_fixed_mmap_threshold_hands_freed_blocks_back():
     adaptive = released("adaptive")
     if adaptive >= 50:
         warnings.warn(f"the allocator released {adaptive:.0f} MiB without the fix: this probe cannot tell the setting's effect here")
+
+
+def test_a_second_training_into_the_same_run_is_refused(tmp_path):
+    with run_lock(tmp_path):  # another training holds the run (a separate open file: flock refuses it too)
+        with pytest.raises(RunInUseError, match=f"{tmp_path} is in use by another training \\(pid {os.getpid()} on"):
+            Trainer(Regression(), Items(), CONFIG, tmp_path).fit()
+    assert latest_checkpoint(tmp_path) is None
+    assert Trainer(Regression(), Items(), CONFIG, tmp_path).fit()["step"] == 40  # released with its holder
+
+
+def test_the_lock_of_a_killed_training_is_taken_over(tmp_path):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"from dfm.training.lock import run_lock\nwith run_lock({str(tmp_path)!r}):\n"
+         "    print('locked', flush=True)\n    import time; time.sleep(600)"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RunInUseError, match=f"pid {holder.pid} on"):
+            Trainer(Regression(), Items(), CONFIG, tmp_path).fit()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert Trainer(Regression(), Items(), CONFIG, tmp_path).fit()["step"] == 40
+
+
+def test_weights_made_nonfinite_by_an_update_are_never_saved(tmp_path):
+    """A huge learning rate gives finite losses and gradients but infinite weights after the update; the
+    checkpoint of that step is refused rather than written."""
+    config = replace(CONFIG, lr=1e39, warmup_steps=0, checkpoint_every=1)
+    with pytest.raises(TrainingError, match=r"non-finite weights after step 1 in \d+ tensors .*checkpoint not written \(last checkpoint: none\)"):
+        Trainer(Regression(), Items(), config, tmp_path).fit()
+    assert latest_checkpoint(tmp_path) is None
+
+
+def test_changed_learning_rate_takes_effect_at_resume(tmp_path):
+    run = tmp_path / "run"
+    Trainer(Regression(), Items(), replace(CONFIG, steps=20), run).fit()
+    frozen = Trainer(Regression(), Items(), replace(CONFIG, lr=1e-30, weight_decay=0.0), run)
+    assert frozen.fit(resume=True)["step"] == 40
+    assert frozen.optimizer.param_groups[0]["lr"] == 1e-30 and load_checkpoint(run).train_state["train_config"]["lr"] == 1e-30
+    # a vanishing lr from step 20 on: the weights at step 40 are those of step 20 (with the old lr, 0.1, they move)
+    reference = Regression()
+    Trainer(reference, Items(), replace(CONFIG, steps=20), tmp_path / "ref").fit()
+    for name, value in reference.state_dict().items():
+        torch.testing.assert_close(frozen.model.state_dict()[name], value, rtol=0, atol=1e-20)
+
+
+def test_a_different_optimizer_at_resume_is_refused(tmp_path):
+    Trainer(Regression(), Items(), replace(CONFIG, steps=10), tmp_path).fit()
+    with pytest.raises(CheckpointError, match="train.optimizer=adamw, whose state cannot become adafactor's"):
+        Trainer(Regression(), Items(), replace(CONFIG, optimizer="adafactor"), tmp_path).fit(resume=True)
+
+
+def test_resume_from_a_chosen_checkpoint(tmp_path):
+    """An older checkpoint of the run (the newer ones set aside, the result that of the uninterrupted run),
+    or another run's checkpoint into a new out_dir, never into one that has checkpoints."""
+    config = replace(CONFIG, keep_checkpoints=4)
+    reference = Regression()
+    Trainer(reference, Items(), config, tmp_path / "run").fit()
+    ckpts = tmp_path / "run" / "checkpoints"
+    again = Regression(seed=5)
+    assert Trainer(again, Items(), config, tmp_path / "run").fit(resume=ckpts / "step-000020")["step"] == 40
+    assert states_equal(again.state_dict(), reference.state_dict())
+    assert sorted(p.name for p in ckpts.iterdir() if p.is_dir()) == [
+        "step-000010", "step-000020", "step-000030", "step-000030.abandoned", "step-000040", "step-000040.abandoned",
+    ]
+    branched = Regression(seed=5)
+    Trainer(branched, Items(), config, tmp_path / "branch").fit(resume=ckpts / "step-000020")
+    assert states_equal(branched.state_dict(), reference.state_dict())
+    with pytest.raises(FileExistsError, match="train into a new out_dir"):
+        Trainer(Regression(), Items(), config, tmp_path / "branch").fit(resume=ckpts / "step-000030")
+
+
+def test_a_damaged_newest_checkpoint_is_set_aside_at_resume(tmp_path, caplog):
+    reference = Regression()
+    Trainer(reference, Items(), CONFIG, tmp_path / "ref").fit()
+    run = tmp_path / "run"
+    Trainer(Regression(), Items(), replace(CONFIG, steps=30), run).fit()
+    state = run / "checkpoints" / "step-000030" / "state.pt"
+    state.write_bytes(state.read_bytes()[:100])
+    resumed = Regression(seed=5)
+    with caplog.at_level(logging.WARNING):
+        assert Trainer(resumed, Items(), CONFIG, run).fit(resume=True)["step"] == 40
+    assert "falling back" in caplog.text and "step-000030.damaged" in caplog.text
+    assert states_equal(resumed.state_dict(), reference.state_dict())
+    assert (run / "checkpoints" / "step-000030.damaged" / "state.pt").stat().st_size == 100  # kept to look at

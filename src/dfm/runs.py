@@ -28,8 +28,9 @@ def task_from_config(source: str | Path, overrides: Sequence[str] = ()) -> Task:
     return make_task(raw, overrides, origin)
 
 
-def train(task: Task, resume: bool = False, progress: bool = True) -> tuple[Trainer, dict]:
-    """Train the task's model with the one trainer; returns the trainer (for its EMA model) and stats."""
+def train(task: Task, resume: bool | str | Path = False, progress: bool = True) -> tuple[Trainer, dict]:
+    """Train the task's model with the one trainer (``resume`` as in ``Trainer.fit``); returns the trainer
+    (for its EMA model) and stats."""
     cfg = task.cfg
     train_cfg = dataclasses.replace(cfg.train, progress=progress and cfg.train.progress)
     with torch.random.fork_rng():  # initial weights from the config's seed, without touching the caller's RNG

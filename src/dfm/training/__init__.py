@@ -9,11 +9,13 @@ from dfm.training.checkpoint import (
     load_weights,
     save_checkpoint,
 )
+from dfm.training.lock import RunInUseError
 from dfm.training.trainer import TrainConfig, Trainer, TrainingError, TrainingInterrupted
 
 __all__ = [
     "Checkpoint",
     "CheckpointError",
+    "RunInUseError",
     "TrainConfig",
     "Trainer",
     "TrainingError",

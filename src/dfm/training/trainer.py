@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import signal
 import threading
 import time
@@ -31,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedType, gather_object, send_to_device
+from accelerate.utils import DistributedType, broadcast_object_list, gather_object, send_to_device
 from ema_pytorch import EMA
 from PIL import Image
 from torch import Tensor, nn
@@ -40,7 +41,18 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
-from dfm.training.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, load_weights, save_checkpoint
+from dfm.config import check_values
+from dfm.training.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    latest_checkpoint,
+    load_checkpoint,
+    load_weights,
+    nonfinite_tensors,
+    save_checkpoint,
+    step_dirs,
+)
+from dfm.training.lock import RunInUseError, run_lock
 
 log = logging.getLogger(__name__)
 
@@ -116,12 +128,14 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if self.steps < 0 or self.batch_size < 1 or self.keep_checkpoints < 1:
-            raise ValueError(f"need steps >= 0, batch_size >= 1 and keep_checkpoints >= 1: {self}")
+        check_values(
+            self, "train", positive=["batch_size", "lr", "keep_checkpoints", "ema_power"],
+            non_negative=["steps", "warmup_steps", "weight_decay", "ema_start", "num_workers"], decay=["ema_decay"],
+        )
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"train.optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.device not in ("auto", "cpu", "cuda", "mps"):
-            raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'mps', got {self.device!r}")
+            raise ValueError(f"train.device must be 'auto', 'cpu', 'cuda' or 'mps', got {self.device!r}")
 
 
 def _derive_seed(*parts: Any) -> int:
@@ -273,7 +287,19 @@ class Trainer:
     # -- checkpoints ----------------------------------------------------------------------------------
 
     def _save(self, step: int) -> Path | None:
-        """Collective: every rank contributes its RNG state; only the main process writes."""
+        """Collective: every rank contributes its RNG state; only the main process writes.
+
+        Weights are checked first, on every rank (they are the same on all), so that no checkpoint holds a
+        NaN or an infinity: an update can make them non-finite with a finite loss and gradient (a huge
+        learning rate), which the per-step guard only sees a step later."""
+        bad = nonfinite_tensors(self.model.state_dict()) + [f"ema:{k}" for k in nonfinite_tensors(self.ema_model.state_dict())]
+        if bad:
+            last = latest_checkpoint(self.out_dir)
+            raise TrainingError(
+                f"non-finite weights after step {step} in {len(bad)} tensors ({', '.join(bad[:5])}"
+                f"{', ...' if len(bad) > 5 else ''}); checkpoint not written (last checkpoint: "
+                f"{last.name if last else 'none'}). Lower train.lr and resume from the last checkpoint."
+            )
         rng = gather_object([_rng_state(self.accelerator.device)])
         path = None
         if self.is_main:
@@ -307,21 +333,69 @@ class Trainer:
         else:
             self.accelerator.wait_for_everyone()
 
-    def _restore(self, path: Path) -> int:
-        ckpt = load_checkpoint(path)
+    def _start(self, resume: bool | str | os.PathLike) -> int:
+        """The step training starts from: 0 for a new run, else that of the checkpoint it resumes."""
+        found = latest_checkpoint(self.out_dir)
+        if resume is False:
+            if found is not None:
+                raise FileExistsError(
+                    f"{self.out_dir} already has checkpoints ({found.name}); pass resume=True or use a new out_dir"
+                )
+            return 0
+        if resume is True and found is None:
+            if self.is_main:
+                log.info("no checkpoint in %s; starting from scratch", self.out_dir)
+            return 0
+        ours = self.out_dir / "checkpoints"
+        source = self.out_dir if resume is True else Path(resume)
+        in_this_run = source.resolve() == self.out_dir.resolve() or source.resolve().is_relative_to(ours.resolve())
+        if found is not None and not in_this_run:
+            raise FileExistsError(
+                f"{self.out_dir} already has checkpoints ({found.name}); to start from another run's checkpoint "
+                f"({source}), train into a new out_dir"
+            )
+        ckpt = load_checkpoint(source)  # a damaged newest checkpoint falls back to the one before it
+        if self.is_main and ckpt.path.parent.resolve() == ours.resolve():
+            reason = "damaged" if resume is True else "abandoned"
+            for step, path in step_dirs(ours):
+                if step > ckpt.step:  # out of the step-* namespace, so the next save cannot prune the good one
+                    path.rename(path.with_name(f"{path.name}.{reason}"))
+                    log.warning("resuming from %s: set %s aside as %s.%s", ckpt.path.name, path.name, path.name, reason)
+        self._wait_for_everyone()
+        return self._restore(ckpt)
+
+    def _restore(self, ckpt: Checkpoint) -> int:
+        """Load a checkpoint's weights and training state. Settings changed since it was written take
+        effect (learning rate, weight decay, schedule, steps, cadences); a different optimiser, whose
+        state cannot carry over, is refused."""
+        cfg, state = self.config, ckpt.train_state
+        before = state.get("train_config", {})
+        if before.get("optimizer", cfg.optimizer) != cfg.optimizer:
+            raise CheckpointError(
+                f"{ckpt.path}: trained with train.optimizer={before['optimizer']}, whose state cannot become "
+                f"{cfg.optimizer}'s; resume with train.optimizer={before['optimizer']} or start a new out_dir"
+            )
         load_weights(self.model, ckpt.model_state, source=str(ckpt.path / "model.safetensors"))
         load_weights(self.ema_model, ckpt.ema_state, source=str(ckpt.path / "ema.safetensors"))
-        state = ckpt.train_state
         try:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             self._ema.step.fill_(state["ema"]["step"])
             self._ema.initted.fill_(state["ema"]["initted"])
             rng, step = state["rng"], state["step"]
-            if state["data"]["batch_size"] != self.config.batch_size:
+            if state["data"]["batch_size"] != cfg.batch_size:
                 log.warning("batch size changed since the checkpoint; the data order will differ")
         except (KeyError, TypeError, ValueError) as e:
             raise CheckpointError(f"{ckpt.path / 'state.pt'}: unusable training state ({type(e).__name__}: {e})") from e
+        # The optimiser's and scheduler's states hold the old base lr and weight decay: the config's win.
+        lr = cfg.lr * _lr_factor(step, cfg)  # what LambdaLR computes after `step` updates
+        for group in self.optimizer.param_groups:
+            group.update(lr=lr, initial_lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.scheduler.base_lrs = [cfg.lr] * len(self.optimizer.param_groups)
+        self.scheduler._last_lr = [lr] * len(self.optimizer.param_groups)
+        changed = {k: (before[k], v) for k, v in asdict(cfg).items() if k in before and before[k] != v and k != "progress"}
+        if changed and self.is_main:
+            log.info("resuming with changed settings: %s", ", ".join(f"train.{k} {a} -> {b}" for k, (a, b) in changed.items()))
         if len(rng) == self.accelerator.num_processes:
             mine = rng[self.accelerator.process_index]
             torch.set_rng_state(mine["torch"])
@@ -336,6 +410,23 @@ class Trainer:
         if self.is_main:
             log.info("resuming from %s (step %d)", ckpt.path, step)
         return step
+
+    @contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """Hold the run directory's lock (``dfm.training.lock``): the writing process takes it, and every
+        process fails together, with the holder named, if another training has it."""
+        with ExitStack() as stack:
+            error = None
+            if self.is_main:
+                try:
+                    stack.enter_context(run_lock(self.out_dir))
+                except RunInUseError as e:
+                    error = str(e)
+            if self.accelerator.num_processes > 1:
+                error = broadcast_object_list([error])[0]
+            if error is not None:
+                raise RunInUseError(error)
+            yield
 
     # -- training -------------------------------------------------------------------------------------
 
@@ -369,23 +460,24 @@ class Trainer:
         writer.add_scalar("train/lr", lr, step)
         writer.add_scalar("train/steps_per_sec", rate, step)
 
-    def fit(self, resume: bool = False) -> dict[str, Any]:
-        """Train until ``config.steps``. ``resume=True`` continues from the newest checkpoint in ``out_dir``
-        (or starts fresh if there is none); ``resume=False`` refuses to overwrite an existing run.
+    def fit(self, resume: bool | str | os.PathLike = False) -> dict[str, Any]:
+        """Train until ``config.steps``, holding the run directory's lock (RunInUseError if another training
+        holds it). ``resume=False`` starts a new run and refuses an ``out_dir`` with checkpoints;
+        ``resume=True`` continues from the newest loadable checkpoint in ``out_dir`` (or starts fresh if
+        there is none); a checkpoint path continues from that checkpoint: an older one of this run (the
+        newer ones are renamed ``step-N.abandoned``), or another run's, into an ``out_dir`` without
+        checkpoints. Settings changed since the checkpoint take effect (see ``_restore``).
 
         Returns the final step, wall time, steps/s and the mean of each loss term and the grad norm over the
         last log window. Raises TrainingError on a non-finite loss or gradient (nothing saved for that step)
-        and TrainingInterrupted after SIGINT/SIGTERM (the current step saved).
+        or non-finite weights at a checkpoint (not saved), and TrainingInterrupted after SIGINT/SIGTERM (the current step saved).
         """
+        with self._exclusive():
+            return self._train(self._start(resume))
+
+    def _train(self, step: int) -> dict[str, Any]:
+        """The training loop, from ``step``: one training step reads top to bottom in the ``while`` below."""
         cfg, acc = self.config, self.accelerator
-        found = latest_checkpoint(self.out_dir)
-        if found is not None and not resume:
-            raise FileExistsError(
-                f"{self.out_dir} already has checkpoints ({found.name}); pass resume=True or use a new out_dir"
-            )
-        if resume and found is None and self.is_main:
-            log.info("no checkpoint in %s; starting from scratch", self.out_dir)
-        step = self._restore(found) if resume and found is not None else 0
         stats: dict[str, Any] = {"step": step, "seconds": 0.0, "steps_per_sec": 0.0}
         if step >= cfg.steps:
             return stats
