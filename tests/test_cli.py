@@ -21,6 +21,7 @@ from PIL import Image
 from dfm.cli import main
 from dfm.runs import load_trained
 from dfm.training import latest_checkpoint, load_checkpoint
+from dfm.training.lock import LOCK_FILE
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 STEPS = 200
@@ -45,8 +46,12 @@ def train_args(out: Path, *extra: str) -> list[str]:
 
 
 def listing(root: Path) -> dict[str, tuple[int, int]]:
-    """Every file under root with its size and mtime: to show that nothing was written."""
-    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.rglob("*")) if p.is_file()}
+    """Every file under root with its size and mtime, but the run lock that each training rewrites: to show
+    that nothing was written."""
+    return {
+        str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in sorted(root.rglob("*")) if p.is_file() and p.name != LOCK_FILE
+    }
 
 
 def gif_durations(path: Path) -> list[int]:
@@ -181,6 +186,41 @@ def test_sample_truncated_weights(trained, tmp_path, capsys):
     err = capsys.readouterr().err
     assert str(ema) in err and "truncated" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_export_refuses_to_replace_what_it_did_not_write(trained, tmp_path, capsys, monkeypatch):
+    """`dfm export RUN RUN` used to wipe the run; `dfm export RUN .` failed half-way. Now: a run, a non-empty
+    folder or an earlier export without --force are refused with nothing changed; an empty cwd works."""
+    before = listing(trained)
+    assert main(["export", str(trained), str(trained)]) == 2
+    assert "overlaps the checkpoint" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    monkeypatch.chdir(tmp_path / "empty")
+    assert main(["export", str(trained), "."]) == 0
+    assert main(["export", str(trained), "."]) == 2
+    assert "pass --force" in capsys.readouterr().err
+    assert main(["export", str(trained), ".", "--force"]) == 0
+    assert load_checkpoint(tmp_path / "empty", train_state=False).step == STEPS
+    assert sorted(p.name for p in (tmp_path / "empty").iterdir()) == ["config.json", "ema.safetensors"]
+    assert main(["export", str(tmp_path / "empty"), str(trained), "--force"]) == 2
+    assert "is a training run" in capsys.readouterr().err
+    assert listing(trained) == before
+
+
+def test_resume_from_a_checkpoint_of_another_run(trained, tmp_path):
+    """--resume-from branches a new run from a checkpoint; training on to the same step reproduces it."""
+    start = trained / "checkpoints" / f"step-{STEPS - 10:06d}"
+    proc = run_dfm(*train_args(tmp_path / "branch", "--resume-from", str(start), "--no-samples"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    branched, original = load_checkpoint(tmp_path / "branch"), load_checkpoint(trained)
+    assert branched.step == STEPS and all(torch.equal(branched.model_state[k], v) for k, v in original.model_state.items())
+
+
+def test_train_zero_steps_says_nothing_was_written(tmp_path):
+    proc = run_dfm(*train_args(tmp_path / "run", "train.steps=0"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "nothing trained, no checkpoint written" in proc.stdout and "checkpoints in" not in proc.stdout
+    assert latest_checkpoint(tmp_path / "run") is None
 
 
 def test_train_unknown_key_lists_valid_keys(tmp_path):

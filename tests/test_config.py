@@ -82,7 +82,7 @@ def test_unknown_override_key_names_it_and_lists_valid_keys(override, key, valid
     with pytest.raises(ConfigError) as err:
         task_from_config("toy_gmm", [override])
     message = str(err.value)
-    assert repr(key) in message and "overrides" in message
+    assert repr(key) in message and f"override {override!r}" in message  # names the override it came from
     listed = _valid_keys_in(message)
     if valid is None:  # train.*: every TrainConfig field
         assert {"steps", "batch_size", "lr", "checkpoint_every"} <= set(listed) and "stpes" not in listed

@@ -7,14 +7,14 @@ consistent with a context observation.
 
 from dfm.diffusion import NoiseSchedule
 from dfm.forward_models import LinearProjection
-from dfm.model import DFM, Sample
+from dfm.model import DFM, Sample, SamplingError
 from dfm.networks.embeddings import TimestepEmbedding
 from dfm.networks.mlp import ResMLP
 from dfm.samplers import SAMPLERS, ddim, dpmpp_2m
 from dfm.training import Trainer, TrainConfig, load_checkpoint
 
 __all__ = [
-    "DFM", "Sample", "NoiseSchedule", "LinearProjection", "ResMLP", "TimestepEmbedding",
+    "DFM", "Sample", "SamplingError", "NoiseSchedule", "LinearProjection", "ResMLP", "TimestepEmbedding",
     "SAMPLERS", "ddim", "dpmpp_2m", "Trainer", "TrainConfig", "load_checkpoint",
 ]
 __version__ = "0.1.0"

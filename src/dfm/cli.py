@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
-from dfm.config import ConfigError, builtin_configs
+from dfm.config import RULES, ConfigError, builtin_configs
 from dfm.data.sprites import PATTERNS
 from dfm.data.vimeo import DatasetError
 from dfm.generators import GeneratorError
-from dfm.training import CheckpointError, TrainingError, TrainingInterrupted
+from dfm.model import SamplingError
+from dfm.training import CheckpointError, RunInUseError, TrainingError, TrainingInterrupted
 
 PRETRAINED = Path(__file__).parent / "pretrained"  # small checkpoints shipped with the package
 PRETRAINED_RUNS = {"motion": "motion_sprites", "gan": "gan_faces", "scenes": "scenes_synth3d"}  # demo -> shipped checkpoint
@@ -39,8 +41,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     from dfm.runs import task_from_config, train
 
     task = task_from_config(args.config, args.overrides)
-    trainer, stats = train(task, resume=args.resume)
+    trainer, stats = train(task, resume=args.resume_from or args.resume)
     if trainer.is_main:
+        if stats["step"] == 0:
+            print(f"train.steps={task.cfg.train.steps}: nothing trained, no checkpoint written")
+            return 0
         print(f"trained {stats['step']} steps in {stats['seconds']:.0f} s; checkpoints in {task.cfg.out_dir}/checkpoints")
         if not args.no_samples:
             out = Path(task.cfg.out_dir) / "samples"
@@ -111,6 +116,21 @@ def cmd_invert(args: argparse.Namespace) -> int:
     return 0
 
 
+def checked(kind: type, rule: str):
+    """An argparse type: a finite ``kind`` (int, float) that satisfies ``rule`` of ``dfm.config.RULES``,
+    so that a bad count or size is a usage error before anything is generated."""
+    text, holds = RULES[rule]
+
+    def parse(arg: str):
+        value = kind(arg)  # a ValueError here is argparse's "invalid ... value"
+        if (isinstance(value, float) and not math.isfinite(value)) or not holds(value):
+            raise argparse.ArgumentTypeError(f"must be {'finite and ' if kind is float else ''}{text}, got {arg}")
+        return value
+
+    parse.__name__ = f"{rule.replace('_', '-')} {kind.__name__}"
+    return parse
+
+
 def cmd_data_motion(args: argparse.Namespace) -> int:
     from dfm.data.sprites import SpriteMotion, write_dataset
 
@@ -137,7 +157,7 @@ def cmd_data_synth3d(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from dfm.training import export_checkpoint
 
-    print(f"wrote {export_checkpoint(args.checkpoint, args.out)}")
+    print(f"wrote {export_checkpoint(args.checkpoint, args.out, force=args.force)}")
     return 0
 
 
@@ -161,7 +181,10 @@ def parser() -> argparse.ArgumentParser:
                        "that lists the valid ones. Checkpoints, TensorBoard logs (tb/) and previews go to out_dir.")
     t.add_argument("config", help="YAML file or built-in config name")
     t.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.steps=1000")
-    t.add_argument("--resume", action="store_true", help="continue from the last checkpoint in out_dir")
+    t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in out_dir that loads "
+                   "(a damaged newer one is set aside); overrides such as train.lr=... take effect")
+    t.add_argument("--resume-from", metavar="CHECKPOINT", help="continue from this checkpoint: an older one of this "
+                   "run (the newer ones are set aside as step-N.abandoned), or another run's into a new out_dir")
     t.add_argument("--no-samples", action="store_true", help="do not write samples after training")
     t.set_defaults(func=cmd_train)
 
@@ -197,7 +220,8 @@ def parser() -> argparse.ArgumentParser:
     kinds = data.add_subparsers(dest="kind", required=True, metavar="KIND")
     written = argparse.ArgumentParser(add_help=False)  # what every generator takes
     written.add_argument("--out", required=True, help="output directory")
-    written.add_argument("--test-fraction", type=float, default=0.1, help="share of the data in the test list")
+    written.add_argument("--test-fraction", type=checked(float, "probability"), default=0.1,
+                         help="share of the data in the test list (at least one item in each list)")
     written.add_argument("--seed", type=int, default=0, help="random seed")
     m = kinds.add_parser("motion", parents=[written], help="sprites with ambiguous motion, in the Vimeo90K layout",
                          description="Sprites sliding over a static textured background, each in one of DIRECTIONS "
@@ -205,14 +229,15 @@ def parser() -> argparse.ArgumentParser:
                          "OUT/sequences/XXXXX/YYYY/im1.png... (+ meta.json), the train/test list files and "
                          "generator.json, exactly like Vimeo90K triplets (--frames 3) or septuplets (--frames 7).",
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    m.add_argument("--sequences", type=int, default=20000, help="number of sequences")
-    m.add_argument("--res", type=int, default=32, help="frame size in pixels (square)")
+    m.add_argument("--sequences", type=checked(int, "positive"), default=20000, help="number of sequences")
+    m.add_argument("--res", type=checked(int, "positive"), default=32, help="frame size in pixels (square)")
     m.add_argument("--frames", type=int, default=3, choices=[3, 7], help="frames per sequence")
-    m.add_argument("--sprites", type=int, default=2, help="sprites per scene")
-    m.add_argument("--directions", type=int, default=4, help="number of equally spaced directions")
-    m.add_argument("--speed", type=float, default=3.0, help="pixels per frame")
-    m.add_argument("--min-radius", type=float, default=4.0, help="smallest sprite radius in pixels")
-    m.add_argument("--max-radius", type=float, default=7.0, help="largest sprite radius in pixels")
+    m.add_argument("--sprites", type=checked(int, "positive"), default=2, help="sprites per scene")
+    m.add_argument("--directions", type=checked(int, "positive"), default=4, help="number of equally spaced directions")
+    m.add_argument("--speed", type=checked(float, "positive"), default=3.0, help="pixels per frame")
+    m.add_argument("--min-radius", type=checked(float, "positive"), default=4.0, help="smallest sprite radius in pixels")
+    m.add_argument("--max-radius", type=checked(float, "positive"), default=7.0,
+                   help="largest sprite radius in pixels (at least --min-radius, less than --res / 2)")
     m.add_argument("--sprite-pattern", default="blobs", choices=PATTERNS,
                    help="sprite texture: smooth random colours, or two crossed sine gratings, or one (see dfm.data.sprites)")
     m.set_defaults(func=cmd_data_motion)
@@ -224,9 +249,10 @@ def parser() -> argparse.ArgumentParser:
                           "OUT/scenes/NNNNNN/{images,masks}/VVV.png, depth.npy, cameras.json (OpenCV c2w, normalised "
                           "K), meta.json, plus train.txt, test.txt and generator.json.",
                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    s3.add_argument("--scenes", type=int, default=2000, help="number of scenes")
-    s3.add_argument("--res", type=int, default=32, help="image size in pixels (square)")
-    s3.add_argument("--views", type=int, default=8, help="cameras per scene, on an orbit starting at the context view")
+    s3.add_argument("--scenes", type=checked(int, "positive"), default=2000, help="number of scenes")
+    s3.add_argument("--res", type=checked(int, "positive"), default=32, help="image size in pixels (square)")
+    s3.add_argument("--views", type=checked(int, "positive"), default=8,
+                    help="cameras per scene, on an orbit starting at the context view")
     s3.add_argument("--colours", type=int, default=4, help="palette size K (the first K of red, green, blue, yellow)")
     s3.add_argument("--shapes", default="sphere,box,cylinder", help="comma-separated primitives")
     s3.set_defaults(func=cmd_data_synth3d)
@@ -243,7 +269,8 @@ def parser() -> argparse.ArgumentParser:
                        description="Write a small sampling checkpoint (ema.safetensors + config.json) from a run "
                        "or checkpoint directory; `dfm sample` loads it like any checkpoint.")
     e.add_argument("checkpoint", help="run directory or checkpoint directory")
-    e.add_argument("out", help="output directory")
+    e.add_argument("out", help="output directory: new or empty (or an earlier export, with --force)")
+    e.add_argument("--force", action="store_true", help="replace an earlier export in OUT (nothing else is ever replaced)")
     e.set_defaults(func=cmd_export)
     return p
 
@@ -269,7 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     except FileExistsError as e:
         print(f"dfm {args.command}: error: {e}. Continue it with --resume, or choose another out_dir=...", file=sys.stderr)
         return 2
-    except (ConfigError, CheckpointError, DatasetError, GeneratorError, TrainingError, ValueError, FileNotFoundError) as e:
+    except (ConfigError, CheckpointError, DatasetError, GeneratorError, TrainingError, RunInUseError, SamplingError, ValueError,
+            OSError) as e:  # OSError: a file that cannot be read or written (missing, no permission, disk full)
         print(f"dfm {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dfm.config import check_values
 from dfm.diffusion import NoiseSchedule
 from dfm.samplers import SAMPLERS
 
@@ -56,6 +57,10 @@ class Regularizer(Protocol):
     (``predictions["target"]``, and ``predictions["novel"]`` when the novel term is on)."""
 
     def __call__(self, signal: Any, batch: Batch, predictions: Mapping[str, Any]) -> Tensor: ...
+
+
+class SamplingError(RuntimeError):
+    """Sampling produced NaN or inf; the message names the likely causes."""
 
 
 class Sample(NamedTuple):
@@ -173,21 +178,30 @@ class DFM(nn.Module):
         ``guidance`` is the classifier-free guidance weight w in
         ``x0 = x0_uncond + w * (x0_cond - x0_uncond)`` (1 = no guidance); ``temperature`` scales
         the initial noise. Extra keyword options go to the sampler (e.g. ``eta``: 0 deterministic, 1 stochastic).
+        Raises SamplingError rather than return non-finite observations, which would pass as images.
         """
+        options = dict(steps=steps, guidance=guidance, temperature=temperature, eta=sampler_options.get("eta"))
+        check_values(options, "", positive=["steps"], non_negative=["temperature", "eta"])
         device = ctxt_obs.device
         if self.deterministic:
             signal = self.denoiser(ctxt_obs, ctxt_params, *self.blind_target(shape, device, ctxt_obs.dtype), trgt_params)
-            return Sample(observation(self.forward_model(signal, trgt_params)), signal)
-        if sampler not in SAMPLERS:
+            out = Sample(observation(self.forward_model(signal, trgt_params)), signal)
+        elif sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r}; available: {sorted(SAMPLERS)}")
-
-        x0_fn = GuidedX0(self, ctxt_obs, ctxt_params, trgt_params, guidance)
-        x = temperature * torch.randn(shape, generator=generator, device=device)
-        timesteps = self.schedule.sampling_timesteps(steps, spacing)
-        obs = SAMPLERS[sampler](
-            x0_fn, x, timesteps, self.schedule, generator=generator, callback=callback, progress=progress, **sampler_options
-        )
-        return Sample(obs, x0_fn.signal)
+        else:
+            x0_fn = GuidedX0(self, ctxt_obs, ctxt_params, trgt_params, guidance)
+            x = temperature * torch.randn(shape, generator=generator, device=device)
+            timesteps = self.schedule.sampling_timesteps(steps, spacing)
+            obs = SAMPLERS[sampler](
+                x0_fn, x, timesteps, self.schedule, generator=generator, callback=callback, progress=progress, **sampler_options
+            )
+            out = Sample(obs, x0_fn.signal)
+        if not torch.isfinite(out.observation).all():
+            raise SamplingError(
+                "the sampled observations contain NaN or inf. Likely causes: non-finite weights (e.g. a checkpoint of "
+                f"a run that diverged), non-finite inputs, or an extreme guidance ({guidance}) or temperature ({temperature})"
+            )
+        return out
 
 
 class GuidedX0:

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from dfm.data.vimeo import write_lists, write_sequence
+from dfm.data.vimeo import split_sizes, write_lists, write_sequence
 
 SHAPES = ("disc", "square", "diamond")
 PATTERNS = ("blobs", "plaid", "stripes")
@@ -176,6 +176,7 @@ def write_dataset(out: str | Path, generator: SpriteMotion, sequences: int, test
     """Write ``sequences`` scenes under ``out`` in the Vimeo90K layout, with a ``meta.json`` per
     sequence (sprite parameters and directions) and ``generator.json`` (the parameters used)."""
     out = Path(out)
+    n_train, _ = split_sizes(sequences, test_fraction, "sequences")
     layout = "triplet" if generator.frames == 3 else "septuplet"
     rng = np.random.default_rng(seed)
     ids = [f"{i // 1000 + 1:05d}/{i % 1000 + 1:04d}" for i in range(sequences)]
@@ -183,7 +184,6 @@ def write_dataset(out: str | Path, generator: SpriteMotion, sequences: int, test
         scene = generator.scene(rng)
         write_sequence(out, seq_id, scene.frames, layout)
         (out / "sequences" / seq_id / "meta.json").write_text(json.dumps({"sprites": scene.meta}))
-    n_test = max(1, round(test_fraction * sequences)) if sequences > 1 else 0
-    write_lists(out, layout, ids[: sequences - n_test], ids[sequences - n_test:])
+    write_lists(out, layout, ids[:n_train], ids[n_train:])
     (out / "generator.json").write_text(json.dumps({**asdict(generator), "seed": seed, "sequences": sequences}, indent=2))
     return out

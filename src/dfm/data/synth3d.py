@@ -41,7 +41,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from dfm.cameras import CameraError, image_rays, intrinsics_from_fov, orbit, validate_cameras, z_depth
-from dfm.data.vimeo import DatasetError, load_frame
+from dfm.data.vimeo import DatasetError, load_frame, split_sizes
 
 # Well separated, saturated colours (RGB in [0, 1]): red, green, blue, yellow.
 PALETTE = ((0.9, 0.15, 0.15), (0.15, 0.75, 0.2), (0.15, 0.3, 0.9), (0.95, 0.85, 0.15))
@@ -250,8 +250,9 @@ def write_dataset(
     out: str | Path, generator: Synth3D, scenes: int, seed: int = 0, test_fraction: float = 0.1, progress: bool = True
 ) -> Path:
     """Write ``scenes`` scenes under ``out`` in the layout of the module docstring; the last
-    ``test_fraction`` of them (at least one, given two or more) are the test split."""
+    ``test_fraction`` of them (at least one; see ``split_sizes``) are the test split."""
     out = Path(out)
+    n_train, _ = split_sizes(scenes, test_fraction, "scenes")
     rng = np.random.default_rng(seed)
     ids = [f"{i + 1:06d}" for i in range(scenes)]
     for scene_id in tqdm(ids, desc="scenes", disable=not progress):
@@ -272,8 +273,7 @@ def write_dataset(
         }
         (directory / "cameras.json").write_text(json.dumps(cameras))
         (directory / "meta.json").write_text(json.dumps(scene.meta))
-    n_test = max(1, round(test_fraction * scenes)) if scenes > 1 else 0
-    for split, split_ids in zip(SPLITS, (ids[: scenes - n_test], ids[scenes - n_test:])):
+    for split, split_ids in zip(SPLITS, (ids[:n_train], ids[n_train:])):
         (out / f"{split}.txt").write_text("".join(f"{i}\n" for i in split_ids))
     (out / "generator.json").write_text(json.dumps({**asdict(generator), "seed": seed, "scenes": scenes}, indent=2))
     return out
@@ -324,6 +324,8 @@ def _read_depth(path: Path, shape: tuple[int, ...]) -> Tensor:
         depth = np.load(path, allow_pickle=False)
     except Exception as error:  # truncated or not .npy
         raise DatasetError(f"cannot read depth file {path}: {error}") from error
+    if not isinstance(depth, np.ndarray):  # np.load opens any zip file (a torch.save file too) as an .npz
+        raise DatasetError(f"depth file {path} is not a .npy array but a {type(depth).__name__}")
     if depth.shape != shape or not np.issubdtype(depth.dtype, np.floating):
         raise DatasetError(f"depth file {path} holds {depth.dtype} {depth.shape}, expected floats of shape {shape} (V, H, W)")
     return torch.from_numpy(depth.astype(np.float32))[:, None]

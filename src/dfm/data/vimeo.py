@@ -161,6 +161,20 @@ def write_sequence(root: str | Path, seq_id: str, frames: Tensor, layout: str) -
         iio.imwrite(_frame_path(Path(root), seq_id, number), image)
 
 
+def split_sizes(total: int, test_fraction: float, what: str) -> tuple[int, int]:
+    """The sizes of the train and test splits of ``total`` generated ``what`` (sequences, scenes): the
+    test split gets the fraction, rounded, and at least one. ValueError unless both get some, since an
+    empty list cannot be read (training reads the train split, sampling the test split); generators
+    call it before generating anything."""
+    n_test = max(1, round(test_fraction * total))
+    if n_test >= total:
+        raise ValueError(
+            f"{total} {what} with a test fraction of {test_fraction} leave {max(total - n_test, 0)} for training and "
+            f"{n_test} for testing: both splits need at least one"
+        )
+    return total - n_test, n_test
+
+
 def write_lists(root: str | Path, layout: str, train_ids: Sequence[str], test_ids: Sequence[str]) -> None:
     """Write the train and test list files of ``layout`` (one sequence id a line)."""
     root = Path(root)

@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Mapping
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from dfm.config import check_values
 from dfm.diffusion import SPACINGS, NoiseSchedule
 from dfm.model import DFM, Regularizer
 from dfm.networks.dit import DiT
@@ -30,17 +31,27 @@ class ObjectiveConfig:
     diffusion_steps: int = 1000
     timestep_bias: float = 0.0  # > 0 trains more at high noise: p(t) proportional to (t + 1)^bias
 
+    def __post_init__(self) -> None:
+        check_values(self, "objective", probability=["p_uncond"], non_negative=["timestep_bias"])
+        check_values(self.loss_weights, "objective.loss_weights", non_negative=list(self.loss_weights))
+        if self.diffusion_steps < 2:  # the schedule interpolates between consecutive steps
+            raise ValueError(f"objective.diffusion_steps must be >= 2, got {self.diffusion_steps}")
+
 
 @dataclass
 class DiTConfig:
     """A task's DiT encoder: a preset size (``dfm.networks.dit.SIZES``) that width/depth/heads override."""
 
+    section: ClassVar[str] = "model"  # where tasks put it, for error messages
     size: str = "XS"
     width: int | None = None
     depth: int | None = None
     heads: int | None = None
     patch_size: int = 2
     checkpointing: bool = False  # recompute block activations in the backward pass (less memory)
+
+    def __post_init__(self) -> None:
+        check_values(self, self.section, positive=["width", "depth", "heads", "patch_size"])
 
     def build(self, in_channels: int, out_channels: int, cond_dim: int | None = None) -> DiT:
         return DiT(
@@ -63,6 +74,7 @@ class SampleConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:  # fail at config time, not after training
+        check_values(self, "sample", positive=["steps", "num_samples"], non_negative=["eta", "temperature"])
         if self.sampler not in SAMPLERS:
             raise ValueError(f"sample.sampler must be one of {sorted(SAMPLERS)}, got {self.sampler!r}")
         if self.spacing not in SPACINGS:

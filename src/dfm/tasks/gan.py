@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from dfm.config import check_values
 from dfm.diffusion import NoiseSchedule
 from dfm.generators import GeneratorForward, invert_patch, load_generator, truncated_latents
 from dfm.model import DFM
@@ -35,6 +36,9 @@ class GeneratorConfig:
     latent_dim: int = 100
     psi: float = 0.5  # truncation of the ground-truth latents (as in the paper)
 
+    def __post_init__(self) -> None:
+        check_values(self, "generator", positive=["latent_dim"], non_negative=["psi"])
+
 
 @dataclass
 class InversionConfig:
@@ -43,6 +47,9 @@ class InversionConfig:
     steps: int = 500
     lr: float = 0.05
     restarts: int = 1
+
+    def __post_init__(self) -> None:
+        check_values(self, "inversion", positive=["lr", "restarts"], non_negative=["steps"])
 
 
 @dataclass
@@ -64,6 +71,7 @@ class GanConfig:
     inversion: InversionConfig = field(default_factory=InversionConfig)
 
     def __post_init__(self) -> None:
+        check_values(self, "", positive=["dataset_size", "sample_inputs"])
         if not 1 <= self.patch_min <= self.patch_max <= self.resolution:
             raise ValueError(f"need 1 <= patch_min <= patch_max <= resolution, got {self.patch_min}, {self.patch_max}, {self.resolution}")
 

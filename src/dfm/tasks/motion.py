@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from dfm.config import check_values
 from dfm.data.vimeo import DatasetError, Vimeo90K
 from dfm.diffusion import NoiseSchedule
 from dfm.model import DFM
@@ -130,11 +131,18 @@ class MotionModelConfig(DiTConfig):
     min_sigma: float = 0.05  # model error on clean frames in Z's brightness-constancy likelihood (see MotionDenoiser)
     metric_range: float = 4.0  # Z in (-metric_range, 0]: how far one colliding pixel can outweigh another
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_values(self, self.section, positive=["flow_scale", "metric_range"], non_negative=["min_sigma"])
+
 
 @dataclass
 class MotionDataConfig:
     root: str = "data/motion_sprites"  # a Vimeo90K triplet/septuplet directory (`dfm data motion` writes one)
     resolution: int | None = None  # resize + centre-crop to this square size; None: as stored
+
+    def __post_init__(self) -> None:
+        check_values(self, "data", positive=["resolution"])
 
 
 @dataclass
@@ -148,6 +156,9 @@ class MotionConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=lambda: SampleConfig(num_samples=8))
     sample_inputs: int = 4  # test-split frames that `dfm sample` / `dfm demo` show
+
+    def __post_init__(self) -> None:
+        check_values(self, "", positive=["sample_inputs"], non_negative=["smoothness_edge_weight"])
 
 
 def sample_motions(model: DFM, frames: Tensor, num_samples: int, seed: int = 0, **sampler_kwargs) -> tuple[Tensor, MotionField]:

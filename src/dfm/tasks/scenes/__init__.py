@@ -25,6 +25,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from dfm.cameras import image_rays, orbit
+from dfm.config import check_values
 from dfm.data.synth3d import Synth3DDataset, read_cameras
 from dfm.data.vimeo import DatasetError, load_frame
 from dfm.diffusion import NoiseSchedule
@@ -46,10 +47,12 @@ class EncoderConfig(DiTConfig):
     """The image encoder: ``cnn`` (:class:`dfm.networks.cnn.ConvEncoder`, ``width``/``depth`` default 64/4)
     or ``dit`` (:class:`dfm.networks.dit.DiT` of ``size``, e.g. XL with patch size 2 as in the paper)."""
 
+    section = "model.encoder"
     kind: str = "cnn"
     pose_conditioning: bool = False  # also condition on each view's absolute pose (its c2w's top 3 rows)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.kind not in ("cnn", "dit"):
             raise ValueError(f"model.encoder.kind must be 'cnn' or 'dit', got {self.kind!r}")
 
@@ -69,6 +72,11 @@ class FieldConfig:
     features: int = 16  # feature channels the field outputs (rendered into O_det for the target encoder)
     coarse_network: bool = False  # a second field for the coarse pass (NeRF); False: one field for both passes
 
+    def __post_init__(self) -> None:
+        check_values(self, "model.field", positive=["width", "blocks"], non_negative=["mean_after", "num_frequencies", "features"])
+        if self.mean_after > self.blocks:
+            raise ValueError(f"model.field.mean_after must be <= model.field.blocks ({self.blocks}), got {self.mean_after}")
+
 
 @dataclass
 class RenderConfig:
@@ -83,6 +91,14 @@ class RenderConfig:
     chunk: int = 64  # rays per chunk (per scene) when rendering without gradients; small is fastest on a CPU
     checkpoint: bool = False  # training too renders in chunks, recomputing each chunk's field queries in the backward pass
 
+    def __post_init__(self) -> None:
+        check_values(
+            self, "model.render", positive=["coarse_samples", "context_resolution", "chunk"],
+            non_negative=["near", "fine_samples", "context_samples"],
+        )
+        if self.far <= self.near:
+            raise ValueError(f"model.render.far must be > model.render.near ({self.near}), got {self.far}")
+
 
 @dataclass
 class ScenesModelConfig:
@@ -91,6 +107,9 @@ class ScenesModelConfig:
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     render: RenderConfig = field(default_factory=RenderConfig)
     field: FieldConfig = field(default_factory=FieldConfig)  # last: from here on `field` names this attribute
+
+    def __post_init__(self) -> None:
+        check_values(self, "model", positive=["features"], non_negative=["latent_dim"])
 
 
 @dataclass
@@ -102,6 +121,9 @@ class ScenesDataConfig:
     repeats: int = 8  # draws of (target, novel, patches) per scene and epoch
     target_views: list[int] | None = None  # the views a training target is drawn from; None: any but the context
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_values(self, "data", positive=["resolution", "context_views", "patch_size", "repeats"])
 
 
 @dataclass
@@ -128,6 +150,12 @@ class ScenesConfig:
     sample_view: int | None = None  # the view sampled first (default: views // 2, opposite the context)
     video_frames: int = 36
     video_resolution: int = 64
+
+    def __post_init__(self) -> None:
+        check_values(
+            self, "", positive=["sample_inputs", "video_frames", "video_resolution"],
+            non_negative=["smoothness_edge_weight", "sample_view"],
+        )
 
 
 # --- loss terms ---------------------------------------------------------------------------------

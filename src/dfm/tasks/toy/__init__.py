@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from dfm.config import check_values
 from dfm.diffusion import NoiseSchedule
 from dfm.forward_models import LinearProjection
 from dfm.metrics import energy_distance
@@ -36,6 +37,9 @@ class ToyModelConfig:
     precondition: bool = True  # Wiener-filter skip through the forward model (see LinearInverseDenoiser)
     prior_std: float = 1.0
 
+    def __post_init__(self) -> None:
+        check_values(self, "model", positive=["width", "depth", "prior_std"])
+
 
 @dataclass
 class ToyConfig:
@@ -49,6 +53,9 @@ class ToyConfig:
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+
+    def __post_init__(self) -> None:
+        check_values(self, "", positive=["dataset_size"])
 
 
 def make_problem(name: str, seed: int = 0) -> LinearToyProblem:
