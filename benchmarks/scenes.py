@@ -30,7 +30,7 @@ import torch
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 from tqdm import tqdm
 
-from dfm.data.synth3d import Synth3DDataset, render
+from dfm.data.synth3d import Synth3DSource, render
 from dfm.runs import load_trained
 from dfm.tasks.scenes import render_views, sample_scene, scene_grid
 from dfm.visualize import save_image
@@ -68,31 +68,31 @@ def frequencies(colours: torch.Tensor, k: int) -> tuple[list[float], float]:
     return freq.tolist(), 0.5 * (freq - 1 / k).abs().sum().item()
 
 
-def evaluate(model, task, scenes: Synth3DDataset, count: int, samples: int, sampler_kwargs: dict) -> dict:
+def evaluate(model, task, scenes: Synth3DSource, count: int, samples: int, sampler_kwargs: dict) -> dict:
     r = task.cfg.data.resolution
     psnr = {"context": [], "novel": []}
     ssim = {"context": [], "novel": []}
     colours, shares, seconds, shown = [], [], 0.0, []
     for i in tqdm(range(count), desc="scenes"):
-        scene, meta = scenes[i], scenes.meta(i)
-        V = len(scene["c2w"])
+        scene, meta = scenes.load(i), scenes.meta(i)
+        V = len(scene.c2w)
         start = time.perf_counter()
         sample = sample_scene(model, *task.context_of(scene), task.target_camera(scene), samples, seed=i, **sampler_kwargs)
         seconds += time.perf_counter() - start
         hidden_view = V // 2
         rendered = list(range(V)) if i < 3 else [0, 1, V - 1, hidden_view]  # every view for the figure
-        views = render_views(model, sample, scene["c2w"][rendered], scene["K"][rendered], r)["rgb"]  # (N, v, 3, r, r)
+        views = render_views(model, sample, scene.c2w[rendered], scene.K[rendered], r)["rgb"]  # (N, v, 3, r, r)
         for name, indices in (("context", [0]), ("novel", [1, V - 1])):
             for v in indices:
-                p, s = image_scores(views[:, rendered.index(v)], scene["images"][v])
+                p, s = image_scores(views[:, rendered.index(v)], scene.images[v])
                 psnr[name].append(p)
                 ssim[name].append(s)
-        found = palette_match(views[:, rendered.index(hidden_view)], meta, scene["c2w"][hidden_view], scene["K"][hidden_view])
+        found = palette_match(views[:, rendered.index(hidden_view)], meta, scene.c2w[hidden_view], scene.K[hidden_view])
         if found is not None:
             colours.append(found[0])
             shares.append(found[1])
         if i < 3:
-            shown.append(scene_grid(scene["images"], views[:8]))
+            shown.append(scene_grid(scene.images, views[:8]))
     colours, shares = torch.cat(colours), torch.cat(shares)
     on = shares >= 0.8
     k = len(scenes.meta(0)["palette"])
@@ -134,7 +134,7 @@ def main() -> None:
             continue
         task, model = load_trained(path, [f"model.render.chunk={chunk}"])
         model.to(args.device)
-        scenes = Synth3DDataset(task.cfg.data.root, "test")
+        scenes = task.source("test")
         n = 1 if task.cfg.objective.deterministic else args.samples
         kwargs = dict(steps=args.steps, sampler=args.sampler, eta=args.eta)
         if name == "DFM":

@@ -87,7 +87,7 @@ class RssSampler(threading.Thread):
         return self.peak
 
 
-def synthetic_batch(resolution: int, context_views: int, patch_size: int | None, seed: int = 0) -> dict:
+def synthetic_batch(resolution: int, context_views: int, patch_size: int | None, seed: int = 0, near: float = 1.5, far: float = 5.0) -> dict:
     """What ``SceneViews`` gives for one item, collated with batch size 1."""
     from dfm.cameras import intrinsics_from_fov, orbit
 
@@ -101,7 +101,10 @@ def synthetic_batch(resolution: int, context_views: int, patch_size: int | None,
         return torch.rand(*shape, generator=g) * 2 - 1
 
     def cameras(view) -> dict[str, torch.Tensor]:
-        return {"c2w": c2w[view][None], "K": (K.repeat(len(view), 1, 1) if isinstance(view, list) else K)[None]}
+        return {
+            "c2w": c2w[view][None], "K": (K.repeat(len(view), 1, 1) if isinstance(view, list) else K)[None],
+            "near": torch.tensor([near]), "far": torch.tensor([far]),
+        }
 
     batch = {
         "ctxt_obs": image(1, len(context), 3, r, r), "ctxt_params": cameras(context),
@@ -134,7 +137,8 @@ def measure(config: str, overrides: list[str], steps: int, warmup: int, threads:
     params = sum(p.numel() for p in model.parameters())
     opt = make_optimizer(model.parameters(), cfg.train, "cpu") if optimizer else None  # as the trainer builds it
     built = proc_status("VmRSS")
-    batch = synthetic_batch(cfg.data.resolution, cfg.data.context_views, cfg.data.patch_size, cfg.train.seed)
+    d = cfg.data
+    batch = synthetic_batch(d.resolution, d.views.context_views, d.patch_size, cfg.train.seed, d.near, d.far)
     generator = torch.Generator()
 
     def step(i: int) -> dict[str, float]:
@@ -175,7 +179,7 @@ def measure(config: str, overrides: list[str], steps: int, warmup: int, threads:
         seconds=sum(times) / len(times), process_peak=max(maxrss, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024,
         step_peak=step_peak, sampled_peak=sampled, hwm_reset=hwm_reset, built=built, before=before, params=params,
         threads=torch.get_num_threads(), losses=losses, warnings=[str(w.message) for w in caught],
-        resolution=cfg.data.resolution, patch=cfg.data.patch_size, context_views=cfg.data.context_views,
+        resolution=cfg.data.resolution, patch=cfg.data.patch_size, context_views=cfg.data.views.context_views,
     )
 
 

@@ -27,7 +27,7 @@ from dfm.cli import main
 from dfm.config import ConfigError, read_yaml
 from dfm.data.sprites import SpriteMotion
 from dfm.data.sprites import write_dataset as write_sprites
-from dfm.data.synth3d import Synth3D, Synth3DDataset, read_cameras
+from dfm.data.synth3d import Synth3D, Synth3DSource, read_cameras
 from dfm.data.synth3d import write_dataset as write_synth3d
 from dfm.data.vimeo import DatasetError, Vimeo90K
 from dfm.generators import GeneratorError, load_generator
@@ -163,8 +163,8 @@ def test_a_malicious_pickle_in_every_file_the_project_loads(trained, tmp_path):
         tmp_path / "generator.pt": (lambda: load_generator(tmp_path / "generator.pt"), GeneratorError),
         tmp_path / "vgg.pth": (lambda: LPIPS.from_files(tmp_path / "vgg.pth", tmp_path / "vgg.pth"), LPIPSWeightsError),
         scene / "cameras.json": (lambda: read_cameras(scene / "cameras.json"), DatasetError),
-        scene / "depth.npy": (lambda: Synth3DDataset(scenes)[0], DatasetError),
-        scene / "images" / "000.png": (lambda: Synth3DDataset(scenes)[0], DatasetError),
+        scene / "depth.npy": (lambda: Synth3DSource(scenes).load(0), DatasetError),
+        scene / "images" / "000.png": (lambda: Synth3DSource(scenes).load(0), DatasetError),
         frame: (lambda: Vimeo90K(sprites)[0], DatasetError),
     }
     for path, (load, error) in files.items():
@@ -178,7 +178,7 @@ def test_a_malicious_pickle_in_every_file_the_project_loads(trained, tmp_path):
             path.write_bytes(original)
     np.save(scene / "depth.npy", np.array([Payload(marker)], dtype=object), allow_pickle=True)
     with pytest.raises(DatasetError, match="depth.npy"):
-        Synth3DDataset(scenes)[0]
+        Synth3DSource(scenes).load(0)
     config = tmp_path / "evil.yaml"
     config.write_text(f"task: toy\ntrain:\n  seed: !!python/object/apply:os.mkdir ['{marker}']\n")
     with pytest.raises(ConfigError):

@@ -99,7 +99,7 @@ def trained(tmp_path_factory) -> Path:
 @pytest.mark.parametrize(
     "argv, needles",
     [
-        ([], ["train", "sample", "demo", "data", "invert", "export", "built-in configs: gan_faces, motion_sprites, scenes_paper, scenes_synth3d, toy_gmm, toy_manifold", "train.steps=500"]),
+        ([], ["train", "sample", "demo", "data", "invert", "export", "built-in configs: gan_faces, motion_sprites, scenes_co3d, scenes_co3d_tiny, scenes_paper, scenes_re10k, scenes_re10k_tiny, scenes_synth3d, toy_gmm, toy_manifold", "train.steps=500"]),
         (["train"], ["key=value", "built-in", "--resume", "Unknown keys are an error", "tb/"]),
         (["sample"], ["checkpoint", "sample.steps=10", "--out", "EMA"]),
         (["demo"], ["--steps", "--out", "--config", "toy_gmm", "{toy,motion,gan,scenes}", "shipped checkpoint"]),

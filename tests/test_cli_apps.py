@@ -91,12 +91,12 @@ def test_invert_needs_a_task_with_a_baseline(tmp_path):
 
 
 def test_synth3d_data_is_read_back(tmp_path):
-    from dfm.data.synth3d import Synth3DDataset
+    from dfm.data.synth3d import Synth3DSource
 
     proc = run_dfm("data", "synth3d", "--out", str(tmp_path / "s"), "--scenes", "4", "--res", "16", "--views", "4", "--colours", "3", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    scenes = Synth3DDataset(tmp_path / "s", "train")
-    assert len(scenes) == 3 and scenes[0]["images"].shape == (4, 3, 16, 16)
+    scenes = Synth3DSource(tmp_path / "s", "train")
+    assert len(scenes) == 3 and scenes.load(0).images.shape == (4, 3, 16, 16)
     assert len(json.loads((tmp_path / "s" / "generator.json").read_text())["palette"]) == 3
     proc = run_dfm("data", "synth3d", "--out", str(tmp_path / "t"), "--colours", "9", cwd=tmp_path)
     assert proc.returncode == 2 and "--colours must be between 2 and 4" in proc.stderr

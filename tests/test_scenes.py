@@ -11,12 +11,13 @@ import pytest
 import torch
 
 from dfm.cameras import intrinsics_from_fov, orbit
-from dfm.data.synth3d import Synth3D, write_dataset
+from dfm.data.synth3d import Synth3D, Synth3DSource, write_dataset
 from dfm.data.vimeo import DatasetError
 from dfm.runs import make_task
 from dfm.tasks.scenes import orbit_like, point_cloud, render_views, sample_autoregressive, sample_scene
 from dfm.tasks.scenes.data import SceneViews
 from dfm.tasks.scenes.model import Scene, VolumeRenderer
+from dfm.tasks.scenes.views import PatchGeometry, ViewSelection
 from test_cli import run_dfm
 
 RES = 16
@@ -53,46 +54,80 @@ def tiny_task(root, **changes):
     return make_task(raw)
 
 
+def examples(root, context_views=1, patch_size=None, repeats=1, seed=0, target_views=None, resolution=RES):
+    views = ViewSelection(context_views=context_views, target_views=target_views)
+    return SceneViews(Synth3DSource(root, "train", resolution), views, PatchGeometry(resolution, patch_size), repeats, seed)
+
+
+def used_views(scene, params):
+    """Which of the scene's views the cameras ``params["c2w"]`` ``(..., 4, 4)`` are."""
+    return [int((scene.c2w == c).all((1, 2)).nonzero()) for c in params["c2w"].reshape(-1, 4, 4)]
+
+
 def test_examples_use_view_0_as_context_and_crop_the_target_patch(data):
-    views = SceneViews(data, "train", RES, context_views=2, patch_size=8, repeats=3, seed=1)
+    views = examples(data, context_views=2, patch_size=8, repeats=3, seed=1)
     assert len(views) == 6 * 3
     novel_in_context = 0
     for i in range(len(views)):
         item = views[i]
-        scene = views.scenes[i % 6]
-        assert torch.equal(item["ctxt_obs"][0], scene["images"][0]) and torch.equal(item["ctxt_params"]["c2w"][0], scene["c2w"][0])
-        used = [int((scene["c2w"] == c).all((1, 2)).nonzero()) for c in
-                (*item["ctxt_params"]["c2w"], item["trgt_params"]["c2w"], item["novel_params"]["c2w"])]
+        scene = views.source.load(i % 6)
+        assert torch.equal(item["ctxt_obs"][0], scene.images[0]) and torch.equal(item["ctxt_params"]["c2w"][0], scene.c2w[0])
+        used = [*used_views(scene, item["ctxt_params"]), *used_views(scene, item["trgt_params"]), *used_views(scene, item["novel_params"])]
         assert len(set(used[:3])) == 3 and used[3] != used[2]  # distinct context views and target; novel != target
         novel_in_context += used[3] in used[:2]
         top, left = item["trgt_params"]["patch"].tolist()
         assert torch.equal(item["trgt_pixels"], item["trgt_obs"][:, top:top + 8, left:left + 8])
         assert item["novel_obs"].shape == (3, 8, 8)
+        assert item["trgt_params"]["near"] == 1.5 and item["novel_params"]["far"] == 5.0
     assert 0 < novel_in_context < len(views)  # the novel view is sometimes a context view, not always
     assert all(torch.equal(a, b) for a, b in zip(views[5].values(), views[5].values()) if isinstance(a, torch.Tensor))
 
 
 def test_target_views_restrict_the_target_and_never_reach_the_context(data):
-    views = SceneViews(data, "train", RES, context_views=2, repeats=4, seed=2, target_views=[2, 3])
+    views = examples(data, context_views=2, repeats=4, seed=2, target_views=[2, 3])
     targets = []
     for i in range(len(views)):
-        item, scene = views[i], views.scenes[i % 6]
-        used = [int((scene["c2w"] == c).all((1, 2)).nonzero()) for c in (*item["ctxt_params"]["c2w"], item["trgt_params"]["c2w"])]
+        item, scene = views[i], views.source.load(i % 6)
+        used = [*used_views(scene, item["ctxt_params"]), *used_views(scene, item["trgt_params"])]
         assert used[0] == 0 and len(set(used)) == 3
         targets.append(used[2])
     assert set(targets) == {2, 3}
     for bad in ([], [0, 2], [6]):
         with pytest.raises(DatasetError, match=r"target_views .*views 0-5"):
-            SceneViews(data, "train", RES, target_views=bad)
+            examples(data, target_views=bad)
+
+
+def test_interval_views_follow_the_frame_order():
+    """Video frames: the target min_gap..max_gap frames from the context frame, the novel one between them
+    (the context frame included), the extra context frames from the same stretch; reversed at random."""
+    selection = ViewSelection(mode="interval", context_views=2, min_gap=2, max_gap=4, reverse=True)
+    rng = np.random.default_rng(0)
+    directions = set()
+    for _ in range(200):
+        context, target, novel = selection.draw(10, rng)
+        first = context[0]
+        assert 2 <= abs(target - first) <= 4 and 0 <= min(first, target) and max(first, target) < 10
+        low, high = sorted((first, target))
+        assert low <= novel <= high and novel != target
+        assert all(low <= c <= high and c != target for c in context) and len(set(context)) == 2
+        directions.add(target > first)
+    assert directions == {True, False}
+    assert selection.needed() == 3
+    with pytest.raises(DatasetError, match="has 2 views"):
+        selection.check(2, "scene x")
+    with pytest.raises(ValueError, match="min_gap"):
+        ViewSelection(mode="interval", min_gap=5, max_gap=4)
 
 
 def test_examples_reject_wrong_sizes_and_too_few_views(data, tmp_path):
-    with pytest.raises(DatasetError, match=r"16x16 images; the model is configured for 32x32"):
-        SceneViews(data, "train", 32)
-    with pytest.raises(DatasetError, match="6 views per scene"):
-        SceneViews(data, "train", RES, context_views=6)
+    with pytest.raises(ValueError, match=r"patch_size 20 does not fit 16x16"):
+        examples(data, patch_size=20)
+    with pytest.raises(DatasetError, match="has 6 views"):
+        examples(data, context_views=6)
     with pytest.raises(DatasetError, match="does not exist"):
-        SceneViews(tmp_path / "nowhere", "train", RES)
+        examples(tmp_path / "nowhere")
+    resized = examples(data, resolution=8)[0]  # another resolution: centre crop (none here) and resize
+    assert resized["trgt_obs"].shape == (3, 8, 8)
 
 
 def test_a_patch_renders_exactly_those_pixels_of_the_image():
@@ -102,10 +137,10 @@ def test_a_patch_renders_exactly_those_pixels_of_the_image():
         density = 5.0 * torch.exp(-4 * (points**2).sum(-1, keepdim=True))
         return {"density": density, "rgb": torch.tanh(points)}
 
-    renderer = VolumeRenderer(RES, 1.5, 5.0, num_coarse=16, num_fine=8, patch_size=6)
+    renderer = VolumeRenderer(PatchGeometry(RES, 6), num_coarse=16, num_fine=8)
     c2w = orbit(2, 3.0, 20.0)
     K = intrinsics_from_fov(45.0).expand(2, 3, 3)
-    scene = Scene(field, field, None)
+    scene = Scene(field, field, None, torch.full((2,), 1.5), torch.full((2,), 5.0))
     whole = renderer(scene, {"c2w": c2w, "K": K})
     patch = renderer(scene, {"c2w": c2w, "K": K, "patch": torch.tensor([[0, 3], [10, 7]])})
     assert whole["observation"].shape == (2, 3, RES, RES) and patch["observation"].shape == (2, 3, 6, 6)
@@ -186,16 +221,16 @@ def test_tiny_model_learns_and_samples(data, tmp_path):
 
     def context_error(m):
         sample = sample_scene(m, ctxt, params, task.target_camera(scene), 2, steps=3)
-        views = render_views(m, sample, scene["c2w"][:1], scene["K"][:1], RES)
-        return ((views["rgb"][:, 0] - scene["images"][0]) ** 2).mean().item(), sample
+        views = render_views(m, sample, scene.c2w[:1], scene.K[:1], RES)
+        return ((views["rgb"][:, 0] - scene.images[0]) ** 2).mean().item(), sample
 
     trained_error, sample = context_error(model)
     assert trained_error < 0.5 * context_error(untrained)[0]
     assert sample.observation.shape == (2, 3, RES, RES)
-    views = render_views(model, sample, scene["c2w"], scene["K"], 8)
+    views = render_views(model, sample, scene.c2w, scene.K, 8)
     assert views["rgb"].shape == (2, 6, 3, 8, 8) and views["depth"].shape == views["opacity"].shape == (2, 6, 1, 8, 8)
 
-    auto = sample_autoregressive(model, ctxt, params, {"c2w": scene["c2w"][[3, 2]], "K": scene["K"][[3, 2]]}, 2, steps=2)
+    auto = sample_autoregressive(model, ctxt, params, {"c2w": scene.c2w[[3, 2]], "K": scene.K[[3, 2]]}, 2, steps=2)
     assert auto.observation.shape == (2, 2, 3, RES, RES)
 
     written = task.write_samples(model, tmp_path / "samples")

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from dfm.cameras import image_rays, intrinsics_from_fov
-from dfm.data.synth3d import PALETTE, Synth3D, Synth3DDataset, render, write_dataset
+from dfm.data.synth3d import PALETTE, Synth3D, Synth3DSource, render, write_dataset
 from dfm.data.vimeo import DatasetError
 
 
@@ -167,27 +167,30 @@ def test_write_then_read_round_trip(written):
 
     rng = np.random.default_rng(7)
     expected = [generator.scene(rng) for _ in range(4)]
-    train, test = Synth3DDataset(root, "train"), Synth3DDataset(root, "test")
+    train, test = Synth3DSource(root, "train"), Synth3DSource(root, "test")
     assert len(train) == 3 and len(test) == 1
-    for item, meta, scene in [(train[i], train.meta(i), expected[i]) for i in range(3)] + [(test[0], test.meta(0), expected[3])]:
-        assert item["images"].shape == (3, 3, 16, 16)
-        torch.testing.assert_close(item["images"], scene.images, rtol=0, atol=1 / 255 + 1e-6)
-        assert torch.equal(item["depth"], scene.depth) and torch.equal(item["mask"], scene.mask)
-        torch.testing.assert_close(item["c2w"], scene.c2w)
-        torch.testing.assert_close(item["K"], scene.K)
+    for item, meta, scene in [(train.load(i), train.meta(i), expected[i]) for i in range(3)] + [(test.load(0), test.meta(0), expected[3])]:
+        assert item.images.shape == (3, 3, 16, 16) and train.num_views(0) == 3
+        torch.testing.assert_close(item.images, scene.images, rtol=0, atol=1 / 255 + 1e-6)
+        assert torch.equal(item.depths, scene.depth) and torch.equal(item.masks, scene.mask)
+        torch.testing.assert_close(item.c2w, scene.c2w)
+        torch.testing.assert_close(item.K, scene.K)
         assert meta == json.loads(json.dumps(scene.meta))
-        assert torch.equal(render(meta, item["c2w"], item["K"], 16, 16).mask, scene.mask)
-    batch = next(iter(torch.utils.data.DataLoader(train, batch_size=2)))
-    assert batch["images"].shape == (2, 3, 3, 16, 16) and batch["scene"] == ["000001", "000002"]
+        assert torch.equal(render(meta, item.c2w, item.K, 16, 16).mask, scene.mask)
+    assert [train.scene_id(i) for i in range(3)] == ["000001", "000002", "000003"] and test.scene_id(0) == "000004"
+    two = train.load(1, [2, 0])  # only the views asked for, in that order
+    assert torch.equal(two.images, train.load(1).images[[2, 0]]) and torch.equal(two.c2w, train.load(1).c2w[[2, 0]])
+    with pytest.raises(DatasetError, match="has views 0-2; asked for"):
+        train.load(1, [3])
 
 
 def test_dataset_errors_name_the_file(written):
     root, _ = written
     scene = root / "scenes" / "000002"
     with pytest.raises(DatasetError, match="does not exist"):
-        Synth3DDataset(root / "nowhere")
+        Synth3DSource(root / "nowhere")
     with pytest.raises(ValueError, match="split"):
-        Synth3DDataset(root, "val")
+        Synth3DSource(root, "val")
 
     cameras = json.loads((scene / "cameras.json").read_text())
     cases = []
@@ -220,13 +223,13 @@ def test_dataset_errors_name_the_file(written):
         else:
             path.write_bytes(content.encode() if isinstance(content, str) else content)
         with pytest.raises(DatasetError, match=message):
-            Synth3DDataset(root, "train")[1]
+            Synth3DSource(root, "train").load(1)
         path.write_bytes(original)
-    Synth3DDataset(root, "train")[1]  # restored
+    Synth3DSource(root, "train").load(1)  # restored
 
     (root / "train.txt").write_text("000001\n000009\n")
     with pytest.raises(DatasetError, match="1 scene directories listed in .*train.txt do not exist: .*000009"):
-        Synth3DDataset(root, "train")
+        Synth3DSource(root, "train")
     (root / "test.txt").unlink()
     with pytest.raises(DatasetError, match="list file .*test.txt does not exist"):
-        Synth3DDataset(root, "test")
+        Synth3DSource(root, "test")

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from dfm.config import RULES, ConfigError, builtin_configs
+from dfm.data.multiview import SOURCES
 from dfm.data.sprites import PATTERNS
 from dfm.data.vimeo import DatasetError
 from dfm.generators import GeneratorError
@@ -31,6 +32,8 @@ examples:
   dfm sample runs/scenes_synth3d --image view.png --camera cameras.json   3-D scenes from your own image
   dfm invert gan_faces                       the optimisation baseline: fit one latent per patch
   dfm data motion --out data/motion_sprites  write the procedural motion dataset (Vimeo90K layout)
+  dfm data synth3d --layout co3d --out data/co3d_synth   the procedural 3-D scenes in Co3D v2's layout
+  dfm data check co3d data/co3d --category hydrant       read every frame and camera, report problems
   dfm export runs/motion_sprites my_model    keep only what sampling needs (EMA weights + config)
 
 built-in configs: {configs}
@@ -149,9 +152,46 @@ def cmd_data_synth3d(args: argparse.Namespace) -> int:
     if not 2 <= args.colours <= len(PALETTE):
         raise ValueError(f"--colours must be between 2 and {len(PALETTE)}, got {args.colours}")
     generator = Synth3D(resolution=args.res, views=args.views, palette=PALETTE[: args.colours], shapes=tuple(args.shapes.split(",")))
-    write_dataset(args.out, generator, args.scenes, seed=args.seed, test_fraction=args.test_fraction)
-    print(f"wrote {args.scenes} scenes to {args.out}")
+    options = dict(seed=args.seed, test_fraction=args.test_fraction)
+    if args.layout == "native":
+        write_dataset(args.out, generator, args.scenes, **options)
+    elif args.layout == "co3d":
+        from dfm.data.co3d import write_co3d
+
+        write_co3d(args.out, generator, args.scenes, category=args.category, intrinsics_format=args.intrinsics_format, **options)
+    else:
+        from dfm.data.re10k import write_re10k_torch, write_re10k_txt
+
+        (write_re10k_txt if args.layout == "re10k-txt" else write_re10k_torch)(args.out, generator, args.scenes, **options)
+    print(f"wrote {args.scenes} scenes to {args.out} ({args.layout} layout)")
     return 0
+
+
+def cmd_data_check(args: argparse.Namespace) -> int:
+    import json
+
+    from dfm.data.check import check_source, find_scene, plot_scene, scene_summary
+    from dfm.data.multiview import open_source
+
+    source = open_source(
+        args.source, args.root, args.split, args.resolution, args.near, args.far, category=args.category, subset=args.subset,
+    )
+    if args.json:
+        if args.scene is None:
+            raise ValueError("--json prints one scene: name it with --scene ID")
+        print(json.dumps(scene_summary(source.load(find_scene(source, args.scene)))))
+        return 0
+    report = check_source(source)
+    print(f"{args.source} {args.root} ({args.split}): {len(source)} scenes listed, {report.scenes} read with "
+          f"{report.views} views, {len(report.problems)} with problems")
+    for scene_id, problem in report.problems:
+        print(f"  scene {scene_id}: {problem}")
+    good = [i for i in range(len(source)) if source.scene_id(i) not in dict(report.problems)]
+    if args.scene is not None or good:
+        index = find_scene(source, args.scene) if args.scene is not None else good[0]
+        scene = source.load(index)
+        print(f"wrote {plot_scene(scene, Path(args.out) / f'{args.source}_{scene.scene_id}.png')}")
+    return 1 if report.problems else 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -255,7 +295,33 @@ def parser() -> argparse.ArgumentParser:
                     help="cameras per scene, on an orbit starting at the context view")
     s3.add_argument("--colours", type=int, default=4, help="palette size K (the first K of red, green, blue, yellow)")
     s3.add_argument("--shapes", default="sphere,box,cylinder", help="comma-separated primitives")
+    s3.add_argument("--layout", default="native", choices=["native", "co3d", "re10k-txt", "re10k-torch"],
+                    help="write the same scenes (the same --seed gives the same scenes in every layout) as Co3D v2 "
+                    "(PyTorch3D cameras in gzipped annotations, wider images whose centred square is the native one, "
+                    "masks, depths) or RealEstate10k (camera files + PNG frames, or .torch chunks of JPEGs; 16:9 frames)")
+    s3.add_argument("--category", default="synth3d", help="co3d layout: the category folder's name")
+    s3.add_argument("--intrinsics-format", default="ndc_isotropic", choices=["ndc_isotropic", "ndc_norm_image_bounds"],
+                    help="co3d layout: how the annotations store focal length and principal point")
     s3.set_defaults(func=cmd_data_synth3d)
+
+    c = kinds.add_parser("check", help="read a whole dataset as training will and report every problem",
+                         description="Read every frame and camera of a split the way training will, report the counts "
+                         "and every problem (the file and what is wrong; exit 1 if any), and draw one scene's camera "
+                         "frusta and depth point cloud. With --scene ID --json, print that scene as the loader returns "
+                         "it: OpenCV c2w, normalised K after crop and resize, near, far, image size.",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    c.add_argument("source", choices=SOURCES, help="the dataset's kind (RealEstate10k's layout is detected)")
+    c.add_argument("root", help="the dataset's root (co3d: the folder holding the category folders)")
+    c.add_argument("--split", default="train", help="train | test (co3d: also val)")
+    c.add_argument("--resolution", type=checked(int, "positive"), default=64, help="square size the loader crops and resizes to")
+    c.add_argument("--category", help="co3d: the category, e.g. hydrant")
+    c.add_argument("--subset", help="co3d: the set list, e.g. fewview_train (default: the loader's)")
+    c.add_argument("--near", type=checked(float, "non_negative"), help="scene bounds to report (default: the loader's)")
+    c.add_argument("--far", type=checked(float, "positive"))
+    c.add_argument("--scene", help="the scene to draw (default: the first that loads) or to print with --json")
+    c.add_argument("--json", action="store_true", help="print --scene as JSON instead of checking everything")
+    c.add_argument("--out", default="outputs/data_check", help="folder for the picture")
+    c.set_defaults(func=cmd_data_check)
 
     i = sub.add_parser("invert", help="GAN inversion by optimisation (the baseline), written like samples",
                        description="Fit one latent per held-out patch with Adam (config keys inversion.steps, "

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -41,6 +41,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from dfm.cameras import CameraError, image_rays, intrinsics_from_fov, orbit, validate_cameras, z_depth
+from dfm.data.multiview import MultiViewScene, square_crop_resize
 from dfm.data.vimeo import DatasetError, load_frame, split_sizes
 
 # Well separated, saturated colours (RGB in [0, 1]): red, green, blue, yellow.
@@ -338,16 +339,17 @@ def _sized(x: Tensor, path: Path, width: int, height: int, cameras: Path) -> Ten
     return x
 
 
-class Synth3DDataset(torch.utils.data.Dataset):
-    """The scenes of one split written by :func:`write_dataset`; item ``i`` is a dict with every view of
-    scene ``i``: ``images`` ``(V, 3, H, W)`` in [-1, 1], ``depth`` ``(V, 1, H, W)``, ``mask`` ``(V, 1, H, W)``
-    bool, ``c2w`` ``(V, 4, 4)``, ``K`` ``(V, 3, 3)`` and ``scene`` (its id). Construction checks the root,
-    the list file and the scene directories; a scene's files are checked when it is loaded."""
+class Synth3DSource:
+    """The scenes of one split written by :func:`write_dataset`, as a scene source
+    (:class:`dfm.data.multiview.SceneSource`): :meth:`load` gives views with masks and depths, at
+    ``resolution`` (None: as stored). Every scene shares ``near``/``far``, which the generator's
+    camera radii and object sizes bound (the defaults fit :class:`Synth3D`'s). Construction checks
+    the root, the list file and the scene directories; a scene's files are checked when it is loaded."""
 
-    def __init__(self, root: str | Path, split: str = "train"):
+    def __init__(self, root: str | Path, split: str = "train", resolution: int | None = None, near: float = 1.5, far: float = 5.0):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-        self.root = Path(root)
+        self.root, self.split, self.resolution, self.near, self.far = Path(root), split, resolution, near, far
         if not self.root.is_dir():
             raise DatasetError(f"Synth3D root {self.root} does not exist or is not a directory")
         list_path = self.root / f"{split}.txt"
@@ -364,26 +366,37 @@ class Synth3DDataset(torch.utils.data.Dataset):
     def _directory(self, scene_id: str) -> Path:
         return self.root / "scenes" / scene_id
 
+    def __repr__(self) -> str:
+        return f"Synth3D scenes {self.root} ({self.split})"
+
     def __len__(self) -> int:
         return len(self.scenes)
 
-    def __getitem__(self, index: int) -> dict:
+    def scene_id(self, index: int) -> str:
+        return self.scenes[index]
+
+    def num_views(self, index: int) -> int:
+        return len(read_cameras(self._directory(self.scenes[index]) / "cameras.json")[0])
+
+    def load(self, index: int, views: Sequence[int] | None = None) -> MultiViewScene:
         directory = self._directory(self.scenes[index])
         cameras = directory / "cameras.json"
         c2w, K, width, height = read_cameras(cameras)
+        views = range(len(c2w)) if views is None else list(views)
+        if any(not 0 <= v < len(c2w) for v in views):
+            raise DatasetError(f"{cameras} has views 0-{len(c2w) - 1}; asked for {list(views)}")
         images, masks = [], []
-        for view in range(len(c2w)):
+        for view in views:
             image, mask = directory / "images" / f"{view:03d}.png", directory / "masks" / f"{view:03d}.png"
             images.append(_sized(load_frame(image), image, width, height, cameras))
             masks.append(_sized(_read_mask(mask), mask, width, height, cameras))
-        return {
-            "images": torch.stack(images),
-            "depth": _read_depth(directory / "depth.npy", (len(c2w), height, width)),
-            "mask": torch.stack(masks),
-            "c2w": c2w,
-            "K": K,
-            "scene": self.scenes[index],
-        }
+        depths = _read_depth(directory / "depth.npy", (len(c2w), height, width))[list(views)]
+        images, K, masks, depths = torch.stack(images), K[list(views)], torch.stack(masks), depths
+        if self.resolution is not None:
+            images, K, masks, depths = square_crop_resize(images, K, self.resolution, masks, depths)
+        return MultiViewScene(
+            self.scenes[index], images, c2w[list(views)], K, self.near, self.far, masks=masks, depths=depths
+        )
 
     def meta(self, index: int) -> dict:
         """Scene ``index``'s ``meta.json``: pass it to :func:`render` to re-render the scene, e.g. recoloured."""

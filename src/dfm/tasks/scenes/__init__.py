@@ -26,7 +26,8 @@ from torch.utils.data import Dataset
 
 from dfm.cameras import image_rays, orbit
 from dfm.config import check_values
-from dfm.data.synth3d import Synth3DDataset, read_cameras
+from dfm.data.multiview import SOURCES, MultiViewScene, SceneSource, open_source
+from dfm.data.synth3d import read_cameras
 from dfm.data.vimeo import DatasetError, load_frame
 from dfm.diffusion import NoiseSchedule
 from dfm.model import DFM, Sample
@@ -36,7 +37,8 @@ from dfm.networks.lpips import load_lpips
 from dfm.regularizers import edge_aware_smoothness
 from dfm.rendering import distortion_loss
 from dfm.tasks.base import DiTConfig, ObjectiveConfig, SampleConfig, Task
-from dfm.tasks.scenes.data import SceneViews
+from dfm.tasks.scenes.data import SceneViews, cameras
+from dfm.tasks.scenes.views import PatchGeometry, ViewSelection
 from dfm.tasks.scenes.model import POSE_DIM, Scene, SceneDenoiser, VolumeRenderer
 from dfm.training import TrainConfig
 from dfm.visualize import depth_to_color, save_image, save_video, to_chw, to_uint8, upscaled, write_ply
@@ -80,8 +82,6 @@ class FieldConfig:
 
 @dataclass
 class RenderConfig:
-    near: float = 1.5
-    far: float = 5.0
     coarse_samples: int = 32
     fine_samples: int = 0
     spacing: str = "linear"  # linear | disparity
@@ -90,14 +90,15 @@ class RenderConfig:
     context_checkpoint: bool = True  # recompute O_det in the backward pass instead of storing it
     chunk: int = 64  # rays per chunk (per scene) when rendering without gradients; small is fastest on a CPU
     checkpoint: bool = False  # training too renders in chunks, recomputing each chunk's field queries in the backward pass
+    background: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # RGB in [0, 1] where rays hit nothing
 
     def __post_init__(self) -> None:
         check_values(
             self, "model.render", positive=["coarse_samples", "context_resolution", "chunk"],
-            non_negative=["near", "fine_samples", "context_samples"],
+            non_negative=["fine_samples", "context_samples"],
         )
-        if self.far <= self.near:
-            raise ValueError(f"model.render.far must be > model.render.near ({self.near}), got {self.far}")
+        if len(self.background) != 3 or not all(0 <= c <= 1 for c in self.background):
+            raise ValueError(f"model.render.background must be 3 values in [0, 1] (RGB), got {list(self.background)}")
 
 
 @dataclass
@@ -114,16 +115,30 @@ class ScenesModelConfig:
 
 @dataclass
 class ScenesDataConfig:
-    root: str = "data/synth3d"  # written by `dfm data synth3d --out ...`
-    resolution: int = 32  # the images' size (square); other sizes are an error
-    context_views: int = 1  # view 0 plus context_views - 1 others
+    """Where the scenes come from (one owner for resolution, bounds and patches: the renderer reads them here)."""
+
+    source: str = "synth3d"  # synth3d | co3d | re10k (see dfm.data.multiview)
+    root: str = "data/synth3d"  # synth3d: `dfm data synth3d --out ...`; co3d: the folder of the category folders
+    resolution: int = 32  # images are centre-cropped to a square and resized to this (K follows)
+    near: float = 1.5  # every scene's bounds along a ray, in its (normalised) world units
+    far: float = 5.0
     patch_size: int | None = 16  # side of the rendered training patch; None: whole images
-    repeats: int = 8  # draws of (target, novel, patches) per scene and epoch
-    target_views: list[int] | None = None  # the views a training target is drawn from; None: any but the context
+    repeats: int = 8  # draws of (views, patches) per scene and epoch
+    views: ViewSelection = field(default_factory=ViewSelection)
+    category: str | None = None  # co3d: the category folder, e.g. hydrant
+    subset: str = "fewview_train"  # co3d: the set list (set_lists/set_lists_<subset>.json)
+    min_quality: float | None = None  # co3d: drop sequences whose viewpoint_quality_score is below this
+    min_point_cloud_quality: float | None = None  # co3d: ... or whose point_cloud.quality_score is
     seed: int = 0
 
     def __post_init__(self) -> None:
-        check_values(self, "data", positive=["resolution", "context_views", "patch_size", "repeats"])
+        check_values(self, "data", positive=["resolution", "near", "patch_size", "repeats"])
+        if self.source not in SOURCES:
+            raise ValueError(f"data.source must be one of {SOURCES}, got {self.source!r}")
+        if self.far <= self.near:
+            raise ValueError(f"data.far must be > data.near ({self.near}), got {self.far}")
+        if self.source == "co3d" and not self.category:
+            raise ValueError("data.category is needed for data.source=co3d (e.g. data.category=hydrant)")
 
 
 @dataclass
@@ -147,13 +162,14 @@ class ScenesConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=lambda: SampleConfig(num_samples=4))
     sample_inputs: int = 4  # test scenes that `dfm sample` / `dfm demo` show
-    sample_view: int | None = None  # the view sampled first (default: views // 2, opposite the context)
+    sample_view: int | None = None  # the view sampled (default: opposite the context, or max_gap frames on)
+    autoregressive_views: int = 1  # > 1: that many views, spread over the scene's, sampled in turn (each joins the context)
     video_frames: int = 36
     video_resolution: int = 64
 
     def __post_init__(self) -> None:
         check_values(
-            self, "", positive=["sample_inputs", "video_frames", "video_resolution"],
+            self, "", positive=["sample_inputs", "video_frames", "video_resolution", "autoregressive_views"],
             non_negative=["smoothness_edge_weight", "sample_view"],
         )
 
@@ -188,12 +204,10 @@ def disparity_smoothness(gamma: float):
     return term
 
 
-def distortion_term(far: float):
-    def term(signal: Scene, batch, predictions) -> Tensor:
-        rendered = [predictions[k] for k in ("target", "novel") if k in predictions]
-        return sum(distortion_loss(out["weights"], out["edges"] / far).mean() for out in rendered)
-
-    return term
+def distortion_term(signal: Scene, batch, predictions) -> Tensor:
+    rendered = [predictions[k] for k in ("target", "novel") if k in predictions]
+    far = signal.far.view(-1, *[1] * (rendered[0]["edges"].ndim - 1))  # distances in units of each scene's far
+    return sum(distortion_loss(out["weights"], out["edges"] / far).mean() for out in rendered)
 
 
 def perceptual_term(network):
@@ -225,8 +239,7 @@ class ScenesTask(Task):
             )
 
         renderer = VolumeRenderer(
-            self.cfg.data.resolution, r.near, r.far, r.coarse_samples, r.fine_samples, r.spacing,
-            self.cfg.data.patch_size, r.chunk, r.checkpoint,
+            self.patches(), r.coarse_samples, r.fine_samples, r.spacing, r.chunk, r.checkpoint, tuple(r.background),
         )
         denoiser = SceneDenoiser(
             encoder, make_field(), make_field() if fc.coarse_network else None, renderer,
@@ -237,7 +250,7 @@ class ScenesTask(Task):
         weights = dict(self.cfg.objective.loss_weights)
         regularizers = {
             "coarse": coarse_term, "cond": context_term,
-            "smoothness": disparity_smoothness(self.cfg.smoothness_edge_weight), "distortion": distortion_term(r.far),
+            "smoothness": disparity_smoothness(self.cfg.smoothness_edge_weight), "distortion": distortion_term,
         }
         if not r.fine_samples:
             weights["coarse"] = 0.0  # the coarse pass is the rendering
@@ -253,64 +266,90 @@ class ScenesTask(Task):
         return self.make_dfm(denoiser, renderer, schedule, regularizers, loss_weights=weights)
 
     def train_dataset(self) -> Dataset:
-        return self.views("train", self.cfg.data.repeats)
+        d = self.cfg.data
+        return SceneViews(self.source("train"), d.views, self.patches(), d.repeats, d.seed)
 
-    def views(self, split: str, repeats: int = 1) -> SceneViews:
+    def patches(self) -> PatchGeometry:
+        return PatchGeometry(self.cfg.data.resolution, self.cfg.data.patch_size)
+
+    def source(self, split: str) -> SceneSource:
+        """The scenes of ``split`` from ``data.source``, at the model's resolution, with the config's bounds."""
         d = self.cfg.data
         if not Path(d.root).exists():
-            raise DatasetError(f"data.root {d.root} does not exist: write the procedural dataset with `dfm data synth3d --out {d.root}`")
-        return SceneViews(d.root, split, d.resolution, d.context_views, d.patch_size, repeats, d.seed, d.target_views)
+            hint = f": write the procedural dataset with `dfm data synth3d --out {d.root}`" if d.source == "synth3d" else ""
+            raise DatasetError(f"data.root {d.root} does not exist{hint}")
+        return open_source(
+            d.source, d.root, split, d.resolution, d.near, d.far, category=d.category, subset=d.subset, min_quality=d.min_quality,
+            min_point_cloud_quality=d.min_point_cloud_quality,
+        )
 
-    def test_scenes(self, count: int) -> list[dict]:
-        """``count`` test scenes (every view, cameras and ``meta``), evenly spaced over the test split."""
-        scenes = Synth3DDataset(self.cfg.data.root, "test")
+    def test_scenes(self, count: int) -> list[MultiViewScene]:
+        """``count`` test scenes (every view), evenly spaced over the test split."""
+        scenes = self.source("test")
         step = max(1, len(scenes) // count)
-        return [scenes[i] | {"meta": scenes.meta(i)} for i in range(0, step * count, step)[: len(scenes)]]
+        return [scenes.load(i) for i in range(0, step * count, step)[: len(scenes)]]
 
-    def context_of(self, scene: dict) -> tuple[Tensor, dict[str, Tensor]]:
-        """A scene's context views (view 0 first) and cameras, as the denoiser takes them (no batch)."""
-        views = list(range(self.cfg.data.context_views))
-        return scene["images"][views], {"c2w": scene["c2w"][views], "K": scene["K"][views]}
+    def context_of(self, scene: MultiViewScene) -> tuple[Tensor, dict[str, Tensor]]:
+        """A scene's first ``context_views`` views (view 0 first) and their cameras, as the denoiser takes them (no batch)."""
+        views = list(range(self.cfg.data.views.context_views))
+        return scene.images[views], cameras(scene, views)
 
     def preview(self, model: DFM, step: int) -> dict[str, Tensor]:
         scene = self.test_scenes(1)[0]
         sample = sample_scene(model, *self.context_of(scene), self.target_camera(scene), 3, steps=10)
-        views = render_views(model, sample, scene["c2w"], scene["K"], self.cfg.data.resolution)
-        return {"scenes": to_chw(scene_grid(scene["images"], views["rgb"]))}
+        views = render_views(model, sample, scene.c2w, scene.K, self.cfg.data.resolution)
+        return {"scenes": to_chw(scene_grid(scene.images, views["rgb"]))}
 
-    def target_camera(self, scene: dict) -> dict[str, Tensor]:
-        view = self.cfg.sample_view if self.cfg.sample_view is not None else len(scene["c2w"]) // 2
-        return {"c2w": scene["c2w"][view], "K": scene["K"][view]}
+    def one_shot_view(self, scene: MultiViewScene) -> int:
+        """The view sampled in one-shot sampling: ``sample_view``, or by default the one opposite the context
+        (canonical views) or ``max_gap`` frames on (video frames), as far as the scene goes."""
+        if self.cfg.sample_view is not None:
+            return self.cfg.sample_view
+        v = self.cfg.data.views
+        return len(scene.c2w) // 2 if v.mode == "canonical" else min(v.max_gap, len(scene.c2w) - 1)
+
+    def target_camera(self, scene: MultiViewScene) -> dict[str, Tensor]:
+        return cameras(scene, self.one_shot_view(scene))
+
+    def sampled_views(self, scene: MultiViewScene) -> list[int]:
+        """The views :meth:`write_samples` diffuses: the :meth:`one_shot_view`, or with
+        ``autoregressive_views`` n > 1, n views spread evenly from the first after the context to the last."""
+        n, first, last = self.cfg.autoregressive_views, self.cfg.data.views.context_views, len(scene.c2w) - 1
+        if n == 1:
+            return [self.one_shot_view(scene)]
+        return sorted({round(first + k * (last - first) / (n - 1)) for k in range(n)})
 
     def write_samples(self, model: DFM, out_dir: Path) -> list[Path]:
         """For ``sample_inputs`` test scenes: ``sample.num_samples`` scenes sampled from the context
-        view (the view opposite it sampled first), written by :meth:`write_scenes`."""
+        views, diffusing the :meth:`sampled_views` in turn, written by :meth:`write_scenes`."""
         s = self.cfg.sample
         written = []
         for i, scene in enumerate(self.test_scenes(self.cfg.sample_inputs)):
-            sample = sample_scene(
-                model, *self.context_of(scene), self.target_camera(scene), s.num_samples, seed=s.seed + i, progress=True,
-                **s.sampler_kwargs(),
+            targets = cameras(scene, self.sampled_views(scene))
+            sample = sample_autoregressive(
+                model, *self.context_of(scene), targets, s.num_samples, seed=s.seed + i, progress=True, **s.sampler_kwargs(),
             )
-            written += self.write_scenes(model, sample, scene["images"], scene["c2w"], scene["K"], out_dir, f"input{i}")
+            sample = Sample(sample.observation[:, -1], sample.signal)  # the scene after the last view
+            written += self.write_scenes(model, sample, scene.images, scene.c2w, scene.K, out_dir, f"input{i}")
         return written
 
-    def sample_image(self, model: DFM, image: Path, cameras: Path, out_dir: Path) -> list[Path]:
+    def sample_image(self, model: DFM, image: Path, camera_file: Path, out_dir: Path) -> list[Path]:
         """Sample scenes from one image with its camera (view 0 of a ``cameras.json``, see
         :mod:`dfm.data.synth3d`); the scene is assumed centred at the world origin with +z up, and
         the view sampled first is the camera turned 180 degrees about the z axis."""
-        c2w, K, width, height = read_cameras(cameras)
+        c2w, K, width, height = read_cameras(camera_file)
         picture = load_frame(image)
         r = self.cfg.data.resolution
         if picture.shape[1:] != (r, r) or (width, height) != (r, r):
             raise DatasetError(
-                f"{image} is {picture.shape[2]}x{picture.shape[1]} and {cameras} says {width}x{height}; this model takes {r}x{r} images"
+                f"{image} is {picture.shape[2]}x{picture.shape[1]} and {camera_file} says {width}x{height}; this model takes {r}x{r} images"
             )
         turn = torch.diag(torch.tensor([-1.0, -1.0, 1.0, 1.0]))  # 180 degrees about the world z axis
-        s = self.cfg.sample
+        s, d = self.cfg.sample, self.cfg.data
+        given = MultiViewScene(image.stem, picture[None], torch.cat([c2w[:1], turn @ c2w[:1]]), K[[0, 0]], d.near, d.far)
         sample = sample_scene(
-            model, picture[None], {"c2w": c2w[:1], "K": K[:1]}, {"c2w": turn @ c2w[0], "K": K[0]}, s.num_samples,
-            seed=s.seed, progress=True, **s.sampler_kwargs(),
+            model, given.images, cameras(given, [0]), cameras(given, 1), s.num_samples, seed=s.seed, progress=True,
+            **s.sampler_kwargs(),
         )
         cams = orbit_like(c2w[0], 8)
         return self.write_scenes(model, sample, picture[None], cams, K[:1].expand(len(cams), 3, 3), out_dir, image.stem)
@@ -329,7 +368,7 @@ class ScenesTask(Task):
         written.append(out_dir / f"{name}.pt")
         path = orbit_like(c2w[0], self.cfg.video_frames)
         orbits = render_views(model, sample, path, K[:1].expand(len(path), 3, 3), self.cfg.video_resolution)
-        near, far = self.cfg.model.render.near, self.cfg.model.render.far
+        near, far = self.cfg.data.near, self.cfg.data.far
         for j in range(len(sample.observation)):
             frames = [
                 np.concatenate([to_uint8(rgb), to_uint8(depth_to_color(depth, opacity, near, far))], 1)
@@ -362,20 +401,22 @@ def sample_autoregressive(
     seed: int = 0, **sampler_kwargs,
 ) -> Sample:
     """Scenes sampled by diffusing the views at several target cameras in turn (``c2w`` ``(T, 4, 4)``, ``K``
-    ``(T, 3, 3)``), each sampled view joining the context of the next (arguments as :func:`sample_scene`). Returns the last step's sample, whose scene is
+    ``(T, 3, 3)``), each sampled view joining the context of the next (arguments as :func:`sample_scene`;
+    the scene's bounds are the context's ``near``/``far``). Returns the last step's sample, whose scene is
     conditioned on the context and every sampled view (``observation`` ``(N, T, 3, H, W)``, all of them)."""
     device = next(model.parameters()).device
     n = num_samples
     ctxt = ctxt_obs.to(device).expand(n, *ctxt_obs.shape)
-    params = {k: v.to(device).expand(n, *v.shape) for k, v in ctxt_params.items()}
+    views_of = {k: ctxt_params[k].to(device).expand(n, *ctxt_params[k].shape) for k in ("c2w", "K")}
+    bounds = {k: ctxt_params[k].to(device).expand(n) for k in ("near", "far")}
     generator = torch.Generator(device).manual_seed(seed)
     views = []
     for c2w, K in zip(targets["c2w"], targets["K"]):
-        target = {"c2w": c2w.to(device).expand(n, 4, 4), "K": K.to(device).expand(n, 3, 3)}
-        sample = model.sample(ctxt, params, target, (n, *ctxt_obs.shape[1:]), generator=generator, **sampler_kwargs)
+        target = {"c2w": c2w.to(device).expand(n, 4, 4), "K": K.to(device).expand(n, 3, 3), **bounds}
+        sample = model.sample(ctxt, views_of | bounds, target, (n, *ctxt_obs.shape[1:]), generator=generator, **sampler_kwargs)
         views.append(sample.observation)
         ctxt = torch.cat([ctxt, sample.observation[:, None]], 1)
-        params = {k: torch.cat([params[k], target[k][:, None]], 1) for k in params}
+        views_of = {k: torch.cat([views_of[k], target[k][:, None]], 1) for k in views_of}
     return Sample(torch.stack(views, 1), sample.signal)
 
 
@@ -389,7 +430,7 @@ def render_views(model: DFM, sample: Sample, c2w: Tensor, K: Tensor, resolution:
     out = {"rgb": [], "depth": [], "opacity": []}
     for cam, k in zip(c2w.to(device), K.to(device)):
         cameras = {"c2w": cam.expand(n, 4, 4), "K": k.expand(n, 3, 3)}
-        rendered = renderer.render(scene.field, scene.coarse_field, cameras, resolution)
+        rendered = renderer.render(scene.field, scene.coarse_field, cameras, scene.near, scene.far, resolution)
         for key, name in (("rgb", "observation"), ("depth", "depth"), ("opacity", "opacity")):
             out[key].append(rendered[name].cpu())
     return {k: torch.stack(v, 1) for k, v in out.items()}

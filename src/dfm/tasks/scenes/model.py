@@ -14,8 +14,10 @@ bound to the feature maps of the context views and of the noisy target view. The
 4. bind the field to all views' features (context + target) and cameras, at ``t``, with the latent.
 
 Parameters (``params``) of the forward model and of the denoiser are dicts: ``c2w`` ``(B, 4, 4)`` and
-``K`` ``(B, 3, 3)`` per target (``(B, V, ...)`` for the context views), plus ``patch`` ``(B, 2)``
-(top, left) when only a ``patch_size`` square of each target is rendered.
+``K`` ``(B, 3, 3)`` per target (``(B, V, ...)`` for the context views), the scene's ``near`` and ``far``
+``(B,)``, plus ``patch`` ``(B, 2)`` (top, left) when only a patch of each target is rendered (its size
+is the renderer's :class:`~dfm.tasks.scenes.views.PatchGeometry`'s, shared with the dataset). The
+bounds travel with the sampled :class:`Scene`, so it renders from any camera without them.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from torch.utils.checkpoint import checkpoint
 from dfm.cameras import image_rays, patch_rays
 from dfm.networks.field import PixelAlignedField
 from dfm.rendering import Field, render_rays
+from dfm.tasks.scenes.views import PatchGeometry
 
 Cameras = dict[str, Tensor]
 POSE_DIM = 12  # an absolute pose as the encoder's conditioning vector: the top 3 rows of c2w
@@ -44,50 +47,54 @@ class Scene(NamedTuple):
     field: Field  # (points, directions) -> density, rgb, features; every pass but the coarse one
     coarse_field: Field  # the field of the coarse pass (the same one unless the model has a coarse network)
     context_render: dict[str, Tensor] | None  # O_det: rgb, depth, opacity (B, C, h, w), or None without it
+    near: Tensor  # (B,) the scene's bounds along every ray
+    far: Tensor
 
 
 class VolumeRenderer(nn.Module):
     """The forward model ``(Scene, cameras) -> {"observation": (B, 3, h, w), ...}``.
 
-    Renders ``num_coarse`` stratified samples per ray between ``near`` and ``far`` and, with
+    Renders ``num_coarse`` stratified samples per ray between the scene's ``near`` and ``far`` and, with
     ``num_fine > 0``, a fine pass on the coarse samples plus ``num_fine`` importance samples. Sample
     positions are the bins' midpoints (no jitter), so rendering is a deterministic function of the
     scene. Also returns ``coarse`` (the coarse pass's RGB, when there is a fine pass) for its own
     photometric term, ``depth`` (ray distance) and ``opacity`` ``(B, 1, h, w)``, and the last pass's
-    ray ``weights`` and bin ``edges`` for the distortion loss. The background is black (-1).
-    ``chunk`` rays per scene are rendered at a time without autograd, and also in training with
-    ``checkpoint``, which recomputes each chunk's field queries in the backward pass.
+    ray ``weights`` and bin ``edges`` for the distortion loss. Empty space shows ``background`` (RGB in
+    [0, 1]; black, as in the paper, by default). ``chunk`` rays per scene are rendered at a time without
+    autograd, and also in training with ``checkpoint``, which recomputes each chunk's field queries in
+    the backward pass.
     """
 
     def __init__(
-        self, resolution: int, near: float, far: float, num_coarse: int, num_fine: int = 0,
-        spacing: str = "linear", patch_size: int | None = None, chunk: int | None = None, checkpoint: bool = False,
+        self, patches: PatchGeometry, num_coarse: int, num_fine: int = 0, spacing: str = "linear",
+        chunk: int | None = None, checkpoint: bool = False, background: tuple[float, float, float] = (0.0, 0.0, 0.0),
     ):
         super().__init__()
-        self.resolution, self.near, self.far = resolution, near, far
-        self.num_coarse, self.num_fine, self.spacing = num_coarse, num_fine, spacing
-        self.patch_size, self.chunk, self.checkpoint = patch_size, chunk, checkpoint
+        self.patches, self.num_coarse, self.num_fine, self.spacing = patches, num_coarse, num_fine, spacing
+        self.chunk, self.checkpoint = chunk, checkpoint
+        self.register_buffer("background", torch.tensor(background) * 2 - 1, persistent=False)  # in [-1, 1]
 
     def forward(self, scene: Scene, cameras: Cameras) -> dict[str, Any]:
-        return self.render(scene.field, scene.coarse_field, cameras)
+        return self.render(scene.field, scene.coarse_field, cameras, scene.near, scene.far)
 
     def render(
-        self, field: Field, coarse_field: Field, cameras: Cameras, resolution: int | None = None,
+        self, field: Field, coarse_field: Field, cameras: Cameras, near: Tensor, far: Tensor, resolution: int | None = None,
         num_coarse: int | None = None, num_fine: int | None = None,
     ) -> dict[str, Any]:
-        """Render ``cameras`` (with ``patch``: that patch of a ``self.resolution`` image; without: the
-        whole image at ``resolution``, by default ``self.resolution``)."""
-        c2w, K = cameras["c2w"], cameras["K"]
+        """Render ``cameras`` of scenes bounded by ``near``, ``far`` ``(B,)`` (with ``patch``: that patch of
+        the full-resolution image; without: the whole image at ``resolution``, by default the full one)."""
+        c2w, K, full = cameras["c2w"], cameras["K"], self.patches.resolution
         if "patch" in cameras:
-            size = self.patch_size
-            origins, directions = patch_rays(c2w, K, self.resolution, self.resolution, cameras["patch"][:, 0], cameras["patch"][:, 1], size)
+            size = self.patches.size
+            origins, directions = patch_rays(c2w, K, full, full, cameras["patch"][:, 0], cameras["patch"][:, 1], size)
         else:
-            size = resolution or self.resolution
+            size = resolution or full
             origins, directions = image_rays(c2w, K, size, size)
         num_fine = self.num_fine if num_fine is None else num_fine
+        near, far = (x.to(origins).reshape(-1, 1, 1) for x in (near, far))
         out = render_rays(
-            coarse_field, origins, directions, self.near, self.far, num_coarse=num_coarse or self.num_coarse,
-            num_fine=num_fine, fine_field=field, spacing=self.spacing, background=-1.0,
+            coarse_field, origins, directions, near, far, num_coarse=num_coarse or self.num_coarse,
+            num_fine=num_fine, fine_field=field, spacing=self.spacing, background=self.background,
             chunk=self.chunk if self.checkpoint or not torch.is_grad_enabled() else None, checkpoint=self.checkpoint,
         )
         final = out["fine"] if num_fine else out["coarse"]
@@ -158,12 +165,12 @@ class SceneDenoiser(nn.Module):
         latent = latent if self.latent_dim else None
         field = self.field.bind(maps, c2w, K, t, latent)
         coarse = self.coarse_network.bind(maps, c2w, K, t, latent) if self.coarse_network is not None else field
-        return Scene(field, coarse, context_render)
+        return Scene(field, coarse, context_render, trgt_params["near"], trgt_params["far"])
 
     def render_context(self, ctxt_features: Tensor, ctxt_params: Cameras, trgt_params: Cameras) -> dict[str, Tensor]:
         """``O_det``: the target view rendered from the context views alone, at ``t = 0`` (coarse pass only).
 
-        Depth is mapped to [-1, 1] over ``[near, far]`` for the encoder."""
+        Depth is mapped to [-1, 1] over the scene's ``[near, far]`` for the encoder."""
         B = ctxt_features.shape[0]
         r = self.renderer
 
@@ -171,8 +178,10 @@ class SceneDenoiser(nn.Module):
             latent = ctxt_features.new_zeros(B, self.latent_dim) if self.latent_dim else None
             field = self.field.bind(ctxt_features, ctxt_params["c2w"], ctxt_params["K"], ctxt_features.new_zeros(B), latent)
             cameras = {"c2w": trgt_params["c2w"], "K": trgt_params["K"]}  # the whole target view, never a patch
-            out = r.render(field, field, cameras, self.context_resolution, num_coarse=self.context_samples, num_fine=0)
-            depth = 2 * (out["depth"] - r.near) / (r.far - r.near) - 1
+            near, far = trgt_params["near"], trgt_params["far"]
+            out = r.render(field, field, cameras, near, far, self.context_resolution, num_coarse=self.context_samples, num_fine=0)
+            near, far = (x.to(out["depth"]).view(-1, 1, 1, 1) for x in (near, far))
+            depth = 2 * (out["depth"] - near) / (far - near) - 1
             return out["observation"], depth, out["opacity"], out.get("features", depth[:, :0])
 
         if self.context_checkpoint and torch.is_grad_enabled():
