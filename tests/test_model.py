@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,7 +11,7 @@ from torch import nn
 
 from dfm.diffusion import NoiseSchedule
 from dfm.forward_models import LinearProjection
-from dfm.model import DFM, Sample, drop_context
+from dfm.model import DFM, Denoised, Sample, drop_context
 from dfm.networks.linear_inverse import LinearInverseDenoiser
 from dfm.tasks.toy import ObservationDataset
 from dfm.tasks.toy.problems import GaussianMixtureProblem
@@ -94,22 +96,27 @@ def test_forward_returns_target_novel_and_their_sum():
     assert ((call["t"] >= 0) & (call["t"] <= 999) & (call["t"] == call["t"].round())).all()
 
 
+class Rendered(NamedTuple):
+    observation: torch.Tensor
+    norm: torch.Tensor
+
+
 class RenderingProjection(LinearProjection):
-    """A forward model that returns a mapping: the observation and a by-product, and renders only the
-    first observation entry (a "patch") when the params say so."""
+    """A forward model with a typed output: the observation and a by-product; it renders only the
+    first observation entry (a "patch")."""
 
     def forward(self, signal, params):
         obs = super().forward(signal, params)
-        return {"observation": obs[:, :1], "norm": signal.norm(dim=-1)}
+        return Rendered(obs[:, :1], signal.norm(dim=-1))
 
 
-def test_forward_models_may_return_a_mapping_and_render_only_trgt_pixels():
+def test_forward_models_may_return_a_typed_output_and_render_only_trgt_pixels():
     den = Probe()
     seen = {}
 
     def regularizer(signal, batch, predictions):
         seen.update(predictions)
-        return predictions["target"]["norm"].mean()
+        return predictions["target"].norm.mean()
 
     model = DFM(den, RenderingProjection(), p_uncond=0.0, regularizers={"norm": regularizer})
     batch = make_batch()
@@ -120,7 +127,26 @@ def test_forward_models_may_return_a_mapping_and_render_only_trgt_pixels():
     target = torch.einsum("bmd,bd->bm", batch["trgt_params"], signal)[:, :1]
     torch.testing.assert_close(losses["target"], F.mse_loss(target, batch["trgt_pixels"]))
     torch.testing.assert_close(losses["norm"], signal.norm(dim=-1).mean())
-    assert set(seen) == {"target", "novel"}
+    assert set(seen) == {"target", "novel", "denoiser"} and seen["denoiser"] == {}
+
+
+class WithExtras(Probe):
+    """A denoiser that returns a by-product beside its signal."""
+
+    def forward(self, *args):
+        signal = super().forward(*args)
+        return Denoised(signal, {"double": 2 * signal})
+
+
+def test_a_denoisers_by_products_reach_the_loss_terms_and_never_the_forward_model_or_the_sampler():
+    den = WithExtras()
+    model = DFM(den, CountingProjection(), p_uncond=0.0,
+                regularizers={"extra": lambda signal, batch, predictions: (predictions["denoiser"]["double"] - 2 * signal).abs().sum()})
+    losses = model(make_batch(), generator=gen())
+    assert losses["extra"] == 0 and all(isinstance(p, torch.Tensor) for p in model.forward_model.params_seen)
+    batch = make_batch()
+    sample = model.sample(batch["ctxt_obs"], None, batch["trgt_params"], batch["trgt_obs"].shape, steps=3, generator=gen())
+    assert torch.equal(sample.signal, den.calls[-1]["signal"])  # the signal, not the Denoised
 
 
 def test_weighted_sum_and_missing_novel():
@@ -164,7 +190,7 @@ def test_regularizer_called_with_signal_batch_predictions_and_weighted():
     signal, got_batch, predictions = seen[0]
     assert signal is den.calls[-1]["signal"]
     assert got_batch["trgt_obs"] is batch["trgt_obs"] and got_batch["novel_params"] is batch["novel_params"]
-    assert set(predictions) == {"target", "novel"}
+    assert set(predictions) == {"target", "novel", "denoiser"}
     torch.testing.assert_close(predictions["target"], torch.einsum("bmd,bd->bm", batch["trgt_params"], signal))
     torch.testing.assert_close(predictions["novel"], torch.einsum("bmd,bd->bm", batch["novel_params"], signal))
     torch.testing.assert_close(losses["smooth"], signal.square().mean())

@@ -4,6 +4,7 @@ model that learns, sampling (one-shot and autoregressive) and its outputs, and t
 from __future__ import annotations
 
 import json
+import warnings
 
 import imageio.v3 as iio
 import numpy as np
@@ -140,15 +141,16 @@ def test_a_patch_renders_exactly_those_pixels_of_the_image():
     renderer = VolumeRenderer(PatchGeometry(RES, 6), num_coarse=16, num_fine=8)
     c2w = orbit(2, 3.0, 20.0)
     K = intrinsics_from_fov(45.0).expand(2, 3, 3)
-    scene = Scene(field, field, None, torch.full((2,), 1.5), torch.full((2,), 5.0))
+    scene = Scene(field, field, torch.full((2,), 1.5), torch.full((2,), 5.0))
     whole = renderer(scene, {"c2w": c2w, "K": K})
     patch = renderer(scene, {"c2w": c2w, "K": K, "patch": torch.tensor([[0, 3], [10, 7]])})
-    assert whole["observation"].shape == (2, 3, RES, RES) and patch["observation"].shape == (2, 3, 6, 6)
+    assert whole.observation.shape == (2, 3, RES, RES) and patch.observation.shape == (2, 3, 6, 6)
+    assert whole.provides() == renderer.provides() | {"observation"}  # what it says it gives, no more
     for key in ("observation", "depth", "opacity", "coarse"):
-        torch.testing.assert_close(patch[key][0], whole[key][0, :, 0:6, 3:9])
-        torch.testing.assert_close(patch[key][1], whole[key][1, :, 10:16, 7:13])
+        torch.testing.assert_close(getattr(patch, key)[0], getattr(whole, key)[0, :, 0:6, 3:9])
+        torch.testing.assert_close(getattr(patch, key)[1], getattr(whole, key)[1, :, 10:16, 7:13])
     # the sphere-like blob is centred in view: opaque in the middle, background (-1) in the corners
-    assert whole["opacity"][0, 0, RES // 2, RES // 2] > 0.9 and whole["opacity"][0, 0, 0, 0] < 0.2
+    assert whole.opacity[0, 0, RES // 2, RES // 2] > 0.9 and whole.opacity[0, 0, 0, 0] < 0.2
 
 
 def test_denoiser_output_depends_on_context_and_noisy_target_and_gradients_reach_every_part(data):
@@ -170,13 +172,27 @@ def test_denoiser_output_depends_on_context_and_noisy_target_and_gradients_reach
         d, t = model.denoiser, torch.full((2,), 500.0)
         args = (batch["ctxt_obs"], batch["ctxt_params"], torch.randn(2, 3, RES, RES), t, batch["trgt_params"])
         cameras = {k: v for k, v in batch["trgt_params"].items() if k != "patch"}
-        a = model.forward_model(d(*args), cameras)["observation"]
-        b = model.forward_model(d(batch["ctxt_obs"] * 0, *args[1:]), cameras)["observation"]
-        c = model.forward_model(d(*args[:2], torch.randn(2, 3, RES, RES), *args[3:]), cameras)["observation"]
+        a = model.forward_model(d(*args).signal, cameras).observation
+        b = model.forward_model(d(batch["ctxt_obs"] * 0, *args[1:]).signal, cameras).observation
+        c = model.forward_model(d(*args[:2], torch.randn(2, 3, RES, RES), *args[3:]).signal, cameras).observation
         assert a.shape == (2, 3, RES, RES)
         assert not torch.allclose(a, b) and not torch.allclose(a, c)
-        scene = d(*args)
-        assert scene.context_render["rgb"].shape == (2, 3, 8, 8) and scene.context_render["features"].shape == (2, 4, 8, 8)
+        o_det = d(*args).extras["context"]  # beside the scene, not in it
+        assert o_det["rgb"].shape == (2, 3, 8, 8) and o_det["features"].shape == (2, 4, 8, 8)
+
+
+def test_terms_follow_what_the_model_produces_and_sampling_builds_none(data):
+    """No fine pass: no coarse term; no O_det: no cond term, whatever their weights; a sampling model has
+    only the target and novel terms and never reads the LPIPS files (absent here: no warning either)."""
+    default = tiny_task(data).build_model()
+    assert set(default.regularizers) == {"cond", "smoothness", "distortion"}  # coarse weight 1, but no fine pass
+    bare = tiny_task(data, **{"model.render.context_samples": 0, "model.render.fine_samples": 4}).build_model()
+    assert set(bare.regularizers) == {"coarse", "smoothness", "distortion"} and bare.denoiser.context is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sampling = tiny_task(data, **{"objective.loss_weights.lpips": 0.2, "lpips.backbone_path": "/nowhere"}).build_model(training=False)
+    assert not sampling.regularizers and set(sampling.loss_weights) == {"target", "novel"}
+    assert sampling.state_dict().keys() == default.state_dict().keys()
 
 
 def test_lpips_without_weights_warns_and_is_off(data):

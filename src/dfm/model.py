@@ -32,8 +32,18 @@ from dfm.samplers import SAMPLERS
 Batch = Mapping[str, Any]
 
 
+class Denoised(NamedTuple):
+    """What a denoiser may return instead of a bare signal: the signal, and by-products that only loss
+    terms read (the 3-D task's context-only estimate O_det, say), kept beside the signal so that the
+    forward model, the sampler and every user of the signal never see them."""
+
+    signal: Any
+    extras: Mapping[str, Any]
+
+
 class Denoiser(Protocol):
-    """Maps (context observations, noisy target observation, t) to a *signal*, not to pixels."""
+    """Maps (context observations, noisy target observation, t) to a *signal* (or a :class:`Denoised`),
+    not to pixels."""
 
     def __call__(self, ctxt_obs: Tensor, ctxt_params: Any, noisy_obs: Tensor, t: Tensor, trgt_params: Any) -> Any: ...
 
@@ -41,20 +51,27 @@ class Denoiser(Protocol):
 class ForwardModel(Protocol):
     """A known, differentiable, batched map from a signal and parameters to an observation.
 
-    It returns the observation, or a mapping with the observation under ``"observation"`` and any
-    by-products that regularisers use (a renderer's depth, opacity, ray weights, ...)."""
+    It returns the observation, or a typed output whose ``observation`` attribute is the observation
+    and whose other fields are by-products that regularisers use (a renderer's depth, opacity, ray
+    weights, ...)."""
 
-    def __call__(self, signal: Any, params: Any) -> Tensor | Mapping[str, Any]: ...
+    def __call__(self, signal: Any, params: Any) -> Any: ...
 
 
-def observation(rendered: Tensor | Mapping[str, Any]) -> Tensor:
+def observation(rendered: Any) -> Tensor:
     """The observation in a forward model's output (see ``ForwardModel``)."""
-    return rendered["observation"] if isinstance(rendered, Mapping) else rendered
+    return rendered if isinstance(rendered, Tensor) else rendered.observation
+
+
+def denoised(out: Any) -> tuple[Any, Mapping[str, Any]]:
+    """A denoiser's output as ``(signal, by-products)`` (see :class:`Denoised`)."""
+    return (out.signal, out.extras) if isinstance(out, Denoised) else (out, {})
 
 
 class Regularizer(Protocol):
-    """A task's extra loss term, given the signal, the batch and the forward model's outputs
-    (``predictions["target"]``, and ``predictions["novel"]`` when the novel term is on)."""
+    """A task's extra loss term, given the signal, the batch and the predictions: the forward model's
+    outputs (``predictions["target"]``, and ``predictions["novel"]`` when the novel term is on) and the
+    denoiser's by-products (``predictions["denoiser"]``, see :class:`Denoised`)."""
 
     def __call__(self, signal: Any, batch: Batch, predictions: Mapping[str, Any]) -> Tensor: ...
 
@@ -136,9 +153,9 @@ class DFM(nn.Module):
             noise = torch.randn(trgt.shape, generator=generator, device=device, dtype=trgt.dtype)
             noisy = self.schedule.add_noise(trgt, t, noise)
 
-        signal = self.denoiser(ctxt, batch.get("ctxt_params"), noisy, t, batch.get("trgt_params"))
+        signal, extras = denoised(self.denoiser(ctxt, batch.get("ctxt_params"), noisy, t, batch.get("trgt_params")))
 
-        predictions = {"target": self.forward_model(signal, batch.get("trgt_params"))}
+        predictions = {"target": self.forward_model(signal, batch.get("trgt_params")), "denoiser": extras}
         losses = {"target": F.mse_loss(observation(predictions["target"]), batch.get("trgt_pixels", trgt))}
         if self.loss_weights["novel"] and "novel_obs" in batch:
             predictions["novel"] = self.forward_model(signal, batch["novel_params"])
@@ -184,7 +201,7 @@ class DFM(nn.Module):
         check_values(options, "", positive=["steps"], non_negative=["temperature", "eta"])
         device = ctxt_obs.device
         if self.deterministic:
-            signal = self.denoiser(ctxt_obs, ctxt_params, *self.blind_target(shape, device, ctxt_obs.dtype), trgt_params)
+            signal, _ = denoised(self.denoiser(ctxt_obs, ctxt_params, *self.blind_target(shape, device, ctxt_obs.dtype), trgt_params))
             out = Sample(observation(self.forward_model(signal, trgt_params)), signal)
         elif sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r}; available: {sorted(SAMPLERS)}")
@@ -214,7 +231,7 @@ class GuidedX0:
 
     def _observe(self, ctxt_obs: Tensor, x: Tensor, t: Tensor) -> tuple[Any, Tensor]:
         t = t.to(x.device).expand(x.shape[0])
-        signal = self.model.denoiser(ctxt_obs, self.ctxt_params, x, t, self.trgt_params)
+        signal, _ = denoised(self.model.denoiser(ctxt_obs, self.ctxt_params, x, t, self.trgt_params))
         return signal, observation(self.model.forward_model(signal, self.trgt_params))
 
     def __call__(self, x: Tensor, t: Tensor) -> Tensor:

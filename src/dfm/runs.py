@@ -47,6 +47,6 @@ def load_trained(checkpoint: str | Path, overrides: Sequence[str] = ()) -> tuple
     """Rebuild a task and its model from a checkpoint (run dir or checkpoint dir), with EMA weights."""
     ckpt = load_checkpoint(checkpoint, train_state=False)  # sampling needs no optimiser state
     task = make_task(ckpt.config, overrides, origin=f"config of checkpoint {str(checkpoint)!r}")
-    model = task.build_model()
+    model = task.build_model(training=False)  # no loss terms (and none of their weight files)
     load_weights(model, ckpt.ema_state, source=str(checkpoint))
     return task, model.eval()

@@ -97,19 +97,23 @@ class Task(ABC):
 
     def make_dfm(
         self, denoiser: nn.Module, forward_model: Any, schedule: NoiseSchedule, regularizers: Mapping[str, Regularizer] | None = None,
-        loss_weights: Mapping[str, float] | None = None,
+        loss_weights: Mapping[str, float] | None = None, training: bool = True,
     ) -> DFM:
-        """The DFM of this task's objective config; ``loss_weights`` replaces the config's weights
-        (e.g. with the terms a model cannot use switched off)."""
+        """The DFM of this task's objective config; ``loss_weights`` replaces the config's weights (e.g.
+        with only the terms the model can compute). Without ``training`` it has no loss terms but the
+        target and novel views: sampling needs none."""
         o = self.cfg.objective
+        weights = dict(o.loss_weights if loss_weights is None else loss_weights)
+        if not training:
+            regularizers, weights = None, {k: v for k, v in weights.items() if k in ("target", "novel")}
         return DFM(
-            denoiser, forward_model, schedule,
-            loss_weights=dict(o.loss_weights if loss_weights is None else loss_weights), regularizers=regularizers,
+            denoiser, forward_model, schedule, loss_weights=weights, regularizers=regularizers,
             p_uncond=o.p_uncond, deterministic=o.deterministic, timestep_bias=o.timestep_bias,
         )
 
     @abstractmethod
-    def build_model(self) -> DFM: ...
+    def build_model(self, training: bool = True) -> DFM:
+        """The task's DFM; ``training=False`` (sampling) builds no loss terms beyond the engine's."""
 
     @abstractmethod
     def train_dataset(self) -> Dataset: ...

@@ -154,11 +154,11 @@ class GanTask(Task):
         leaves the copies of the data pipeline and of the evaluation code on the CPU."""
         return GeneratorForward(copy.deepcopy(self.generator), resolution)
 
-    def build_model(self) -> DFM:
+    def build_model(self, training: bool = True) -> DFM:
         m, g = self.cfg.model, self.cfg.generator
         dit = m.build(7, g.latent_dim)
         schedule = NoiseSchedule(self.cfg.objective.diffusion_steps)
-        return self.make_dfm(LatentDenoiser(dit, g.latent_dim, g.psi), self.observe(self.cfg.resolution), schedule)
+        return self.make_dfm(LatentDenoiser(dit, g.latent_dim, g.psi), self.observe(self.cfg.resolution), schedule, training=training)
 
     def train_dataset(self) -> Dataset:
         return GeneratedPatches(self.observe(self.cfg.resolution), self.cfg, self.cfg.data_seed, self.cfg.dataset_size)

@@ -187,7 +187,7 @@ def motion_video(frame: Tensor, motion: MotionField, steps: int = 12, forward_mo
 class MotionTask(Task):
     Config = MotionConfig
 
-    def build_model(self) -> DFM:
+    def build_model(self, training: bool = True) -> DFM:
         m = self.cfg.model
         dit = m.build(6, 2)
         gamma = self.cfg.smoothness_edge_weight
@@ -198,7 +198,7 @@ class MotionTask(Task):
         }
         schedule = NoiseSchedule(self.cfg.objective.diffusion_steps)
         denoiser = MotionDenoiser(dit, schedule, m.flow_scale, m.min_sigma, m.metric_range)
-        return self.make_dfm(denoiser, forward_model, schedule, regularizers)
+        return self.make_dfm(denoiser, forward_model, schedule, regularizers, training=training)
 
     def train_dataset(self) -> Dataset:
         root = Path(self.cfg.data.root)

@@ -15,6 +15,7 @@ Wiring only: the denoiser and the volume renderer are in :mod:`.model`, the trai
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from dfm.data.multiview import SOURCES, MultiViewScene, SceneSource, open_source
 from dfm.data.synth3d import read_cameras
 from dfm.data.vimeo import DatasetError, load_frame
 from dfm.diffusion import NoiseSchedule
-from dfm.model import DFM, Sample
+from dfm.model import DFM, Regularizer, Sample
 from dfm.networks.cnn import ConvEncoder
 from dfm.networks.field import PixelAlignedField
 from dfm.networks.lpips import load_lpips
@@ -39,7 +40,7 @@ from dfm.rendering import distortion_loss
 from dfm.tasks.base import DiTConfig, ObjectiveConfig, SampleConfig, Task
 from dfm.tasks.scenes.data import SceneViews, cameras
 from dfm.tasks.scenes.views import PatchGeometry, ViewSelection
-from dfm.tasks.scenes.model import POSE_DIM, Scene, SceneDenoiser, VolumeRenderer
+from dfm.tasks.scenes.model import POSE_DIM, ContextEstimate, Scene, SceneDenoiser, VolumeRenderer
 from dfm.training import TrainConfig
 from dfm.visualize import depth_to_color, save_image, save_video, to_chw, to_uint8, upscaled, write_ply
 
@@ -177,11 +178,22 @@ class ScenesConfig:
 # --- loss terms ---------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Term:
+    """A loss term and what it reads: fields of the renderer's :class:`~.model.Rendering` or the
+    denoiser's by-products. A model that does not produce them (no fine pass, no ``O_det``) has no
+    such term, whatever its configured weight. ``make`` builds it, or returns None when it cannot
+    (LPIPS without its weight files)."""
+
+    make: Callable[[], Regularizer | None]
+    needs: frozenset[str] = frozenset()
+
+
 def _patches(batch, predictions, key: str):
     """(prediction, truth) pairs of the rendered views: the target's (patch) and the novel one's."""
-    pairs = [(predictions["target"][key], batch.get("trgt_pixels", batch["trgt_obs"]))]
+    pairs = [(getattr(predictions["target"], key), batch.get("trgt_pixels", batch["trgt_obs"]))]
     if "novel" in predictions:
-        pairs.append((predictions["novel"][key], batch["novel_obs"]))
+        pairs.append((getattr(predictions["novel"], key), batch["novel_obs"]))
     return pairs
 
 
@@ -190,14 +202,14 @@ def coarse_term(signal: Scene, batch, predictions) -> Tensor:
 
 
 def context_term(signal: Scene, batch, predictions) -> Tensor:
-    rgb = signal.context_render["rgb"]
+    rgb = predictions["denoiser"]["context"]["rgb"]
     return F.mse_loss(rgb, F.interpolate(batch["trgt_obs"], size=rgb.shape[-2:], mode="area"))
 
 
-def disparity_smoothness(gamma: float):
+def disparity_smoothness(gamma: float) -> Regularizer:
     def term(signal: Scene, batch, predictions) -> Tensor:
         out = predictions["target"]
-        disparity = out["opacity"] / out["depth"]  # 0 where the ray hits nothing
+        disparity = out.opacity / out.depth  # 0 where the ray hits nothing
         disparity = disparity / (disparity.mean((1, 2, 3), keepdim=True) + 1e-7)
         return edge_aware_smoothness(disparity, batch.get("trgt_pixels", batch["trgt_obs"]), gamma)
 
@@ -206,11 +218,11 @@ def disparity_smoothness(gamma: float):
 
 def distortion_term(signal: Scene, batch, predictions) -> Tensor:
     rendered = [predictions[k] for k in ("target", "novel") if k in predictions]
-    far = signal.far.view(-1, *[1] * (rendered[0]["edges"].ndim - 1))  # distances in units of each scene's far
-    return sum(distortion_loss(out["weights"], out["edges"] / far).mean() for out in rendered)
+    far = signal.far.view(-1, *[1] * (rendered[0].edges.ndim - 1))  # distances in units of each scene's far
+    return sum(distortion_loss(out.weights, out.edges / far).mean() for out in rendered)
 
 
-def perceptual_term(network):
+def perceptual_term(network) -> Regularizer:
     def term(signal: Scene, batch, predictions) -> Tensor:
         net = network.to(batch["trgt_obs"].device)
         return sum(net(pred, truth).mean() for pred, truth in _patches(batch, predictions, "observation"))
@@ -224,13 +236,18 @@ def perceptual_term(network):
 class ScenesTask(Task):
     Config = ScenesConfig
 
-    def build_model(self) -> DFM:
+    def build_model(self, training: bool = True) -> DFM:
+        """The DFM; with ``training`` also its loss terms: those whose inputs the model produces and whose
+        weight is not 0 (LPIPS loads its weight files only then). Sampling builds none of them."""
         m, r = self.cfg.model, self.cfg.model.render
         fc = m.field
         if fc.coarse_network and not r.fine_samples:
             raise ValueError("model.field.coarse_network places the fine samples: it needs model.render.fine_samples > 0")
-        context_channels = SceneDenoiser.context_channels(fc.features, r.context_samples)
-        encoder = m.encoder.build(3 + context_channels, m.features + m.latent_dim)
+        renderer = VolumeRenderer(
+            self.patches(), r.coarse_samples, r.fine_samples, r.spacing, r.chunk, r.checkpoint, tuple(r.background),
+        )
+        context = ContextEstimate(renderer, r.context_samples, r.context_resolution, r.context_checkpoint) if r.context_samples else None
+        encoder = m.encoder.build(3 + (context.channels(fc.features) if context else 0), m.features + m.latent_dim)
 
         def make_field() -> PixelAlignedField:
             return PixelAlignedField(
@@ -238,32 +255,37 @@ class ScenesTask(Task):
                 out_features=fc.features, global_dim=m.latent_dim or None,
             )
 
-        renderer = VolumeRenderer(
-            self.patches(), r.coarse_samples, r.fine_samples, r.spacing, r.chunk, r.checkpoint, tuple(r.background),
-        )
         denoiser = SceneDenoiser(
-            encoder, make_field(), make_field() if fc.coarse_network else None, renderer,
+            encoder, make_field(), make_field() if fc.coarse_network else None, context,
             features=m.features, latent_dim=m.latent_dim, pose_conditioning=m.encoder.pose_conditioning,
-            context_resolution=r.context_resolution,
-            context_samples=r.context_samples, context_checkpoint=r.context_checkpoint,
         )
-        weights = dict(self.cfg.objective.loss_weights)
-        regularizers = {
-            "coarse": coarse_term, "cond": context_term,
-            "smoothness": disparity_smoothness(self.cfg.smoothness_edge_weight), "distortion": distortion_term,
-        }
-        if not r.fine_samples:
-            weights["coarse"] = 0.0  # the coarse pass is the rendering
-        if not r.context_samples:
-            weights["cond"] = 0.0
-        lp = self.cfg.lpips
-        network = load_lpips(lp.backbone_path, lp.linear_path, lp.backbone) if weights.get("lpips") else None
-        if network is None:
-            weights.pop("lpips", None)  # off: no weight, or no weight files (load_lpips warned)
-        else:
-            regularizers["lpips"] = perceptual_term(network)
         schedule = NoiseSchedule(self.cfg.objective.diffusion_steps)
-        return self.make_dfm(denoiser, renderer, schedule, regularizers, loss_weights=weights)
+        weights = {k: v for k, v in self.cfg.objective.loss_weights.items() if k in ("target", "novel")}
+        regularizers = {}
+        if training:
+            produced = renderer.provides() | denoiser.provides()
+            terms = self.terms()
+            for name, weight in self.cfg.objective.loss_weights.items():
+                if name in terms and weight and terms[name].needs <= produced and (loss := terms[name].make()) is not None:
+                    regularizers[name], weights[name] = loss, weight
+        return self.make_dfm(denoiser, renderer, schedule, regularizers, loss_weights=weights, training=training)
+
+    def terms(self) -> dict[str, Term]:
+        """Every loss term of the task beyond the target and novel views (see the module docstring)."""
+        lp = self.cfg.lpips
+
+        def lpips() -> Regularizer | None:
+            network = load_lpips(lp.backbone_path, lp.linear_path, lp.backbone)  # warns without its files
+            return None if network is None else perceptual_term(network)
+
+        smoothness = disparity_smoothness(self.cfg.smoothness_edge_weight)
+        return {
+            "coarse": Term(lambda: coarse_term, frozenset({"coarse"})),
+            "cond": Term(lambda: context_term, frozenset({"context"})),
+            "smoothness": Term(lambda: smoothness, frozenset({"depth", "opacity"})),
+            "distortion": Term(lambda: distortion_term, frozenset({"weights", "edges"})),
+            "lpips": Term(lpips),
+        }
 
     def train_dataset(self) -> Dataset:
         d = self.cfg.data
@@ -432,7 +454,7 @@ def render_views(model: DFM, sample: Sample, c2w: Tensor, K: Tensor, resolution:
         cameras = {"c2w": cam.expand(n, 4, 4), "K": k.expand(n, 3, 3)}
         rendered = renderer.render(scene.field, scene.coarse_field, cameras, scene.near, scene.far, resolution)
         for key, name in (("rgb", "observation"), ("depth", "depth"), ("opacity", "opacity")):
-            out[key].append(rendered[name].cpu())
+            out[key].append(getattr(rendered, name).cpu())
     return {k: torch.stack(v, 1) for k, v in out.items()}
 
 

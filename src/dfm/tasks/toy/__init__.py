@@ -180,7 +180,7 @@ class ToyTask(Task):
         super().__init__(cfg)
         self.problem = make_problem(cfg.problem, cfg.problem_seed)
 
-    def build_model(self) -> DFM:
+    def build_model(self, training: bool = True) -> DFM:
         m = self.cfg.model
         schedule = NoiseSchedule(self.cfg.objective.diffusion_steps)
         denoiser = LinearInverseDenoiser(
@@ -188,7 +188,7 @@ class ToyTask(Task):
             context_std=self.problem.context_noise, prior_std=m.prior_std,
             width=m.width, depth=m.depth, precondition=m.precondition,
         )
-        return self.make_dfm(denoiser, LinearProjection(), schedule)
+        return self.make_dfm(denoiser, LinearProjection(), schedule, training=training)
 
     def train_dataset(self) -> Dataset:
         return ObservationDataset(self.problem, self.cfg.dataset_size, self.cfg.data_seed)
