@@ -28,6 +28,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+from dfm import metrics
 from dfm.data.sprites import SpriteMotion
 from dfm.runs import load_trained
 from dfm.tasks.motion import motion_panel, sample_motions
@@ -35,8 +36,9 @@ from dfm.visualize import figure_to_array, save_image
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """PSNR in dB over the last three dims, for images in [-1, 1] (peak-to-peak 2)."""
-    return 10 * torch.log10(4 / (a - b).square().mean(dim=(-3, -2, -1)))
+    """:func:`dfm.metrics.psnr` (images in [-1, 1]) over any leading dims, broadcast."""
+    a, b = torch.broadcast_tensors(a, b)
+    return metrics.psnr(a.flatten(0, -4), b.flatten(0, -4)).view(a.shape[:-3])
 
 
 def held_out_scenes(generator: SpriteMotion, count: int, seed: int):

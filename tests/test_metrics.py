@@ -50,7 +50,7 @@ def test_v_statistic_floor_for_same_distribution():
 
 
 def test_chunked_computation_matches_naive(monkeypatch):
-    monkeypatch.setattr(dfm.metrics, "_CHUNK_ELEMENTS", 1000)  # many small chunks
+    monkeypatch.setattr(dfm.metrics.distances, "_CHUNK_ELEMENTS", 1000)  # many small chunks
     g = torch.Generator().manual_seed(5)
     x, y = torch.randn(230, 3, generator=g), torch.randn(170, 3, generator=g) * 1.5
     torch.testing.assert_close(energy_distance(x, y).double(), _naive(x, y), rtol=1e-6, atol=0)
