@@ -14,6 +14,7 @@ import torch
 from dfm.cameras import intrinsics_from_fov, orbit
 from dfm.data.synth3d import Synth3D, Synth3DSource, write_dataset
 from dfm.data.vimeo import DatasetError
+from dfm.model import DFM
 from dfm.runs import make_task
 from dfm.tasks.scenes import orbit_like, point_cloud, render_views, sample_autoregressive, sample_scene
 from dfm.tasks.scenes.data import SceneViews
@@ -255,6 +256,33 @@ def test_tiny_model_learns_and_samples(data, tmp_path):
     header = (tmp_path / "samples" / "input0_sample0.ply").read_text().split("end_header\n")
     count = int(header[0].split("element vertex ")[1].split()[0])
     assert len(header[1].splitlines()) == count
+
+
+def test_the_context_part_runs_once_per_sampling_call_and_changes_nothing(data):
+    """Sampling through the split (context part once, per-step part each step) gives exactly the samples
+    of calling the whole denoiser at every step, with guidance (fp32, same seed)."""
+    torch.manual_seed(0)
+    model = tiny_task(data).build_model(training=False).eval()
+
+    class Whole(torch.nn.Module):  # the same denoiser, without its split
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, *args):
+            return self.inner(*args)
+
+    whole = DFM(Whole(model.denoiser), model.forward_model, model.schedule)
+    task = tiny_task(data)
+    scene = task.test_scenes(1)[0]
+    calls = []
+    model.denoiser.encoder.register_forward_hook(lambda *_: calls.append(1))
+    a = sample_scene(model, *task.context_of(scene), task.target_camera(scene), 2, steps=4, guidance=2.0)
+    split_calls, calls[:] = len(calls), []
+    b = sample_scene(whole, *task.context_of(scene), task.target_camera(scene), 2, steps=4, guidance=2.0)
+    assert torch.equal(a.observation, b.observation)
+    # 4 DDIM steps x 2 branches: the context encoded 2 times (cond, uncond) instead of 8
+    assert split_calls == 2 + 8 and len(calls) == 8 + 8
 
 
 def test_point_cloud_backprojects_depth_along_the_rays():

@@ -19,7 +19,7 @@ loss compares only the rendered patch); ``novel_obs`` is always what ``novel_par
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, NamedTuple, Protocol
+from typing import Any, Callable, Mapping, NamedTuple, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +46,21 @@ class Denoiser(Protocol):
     not to pixels."""
 
     def __call__(self, ctxt_obs: Tensor, ctxt_params: Any, noisy_obs: Tensor, t: Tensor, trgt_params: Any) -> Any: ...
+
+
+@runtime_checkable
+class ContextSplit(Protocol):
+    """A denoiser whose work splits into a part that depends only on the context (and on the target's
+    parameters) and a part that depends on the noisy target and ``t``; calling it must equal
+    ``denoise(encode_context(ctxt_obs, ctxt_params, trgt_params), noisy_obs, t, trgt_params)``.
+
+    Sampling then runs the context part once per call (and once for the unconditional branch of
+    guidance) instead of at every step; training calls the denoiser whole. A denoiser without such a
+    part (the context enters with the noisy target, as channels of one network) need not split."""
+
+    def encode_context(self, ctxt_obs: Tensor, ctxt_params: Any, trgt_params: Any) -> Any: ...
+
+    def denoise(self, context: Any, noisy_obs: Tensor, t: Tensor, trgt_params: Any) -> Any: ...
 
 
 class ForwardModel(Protocol):
@@ -222,21 +237,36 @@ class DFM(nn.Module):
 
 
 class GuidedX0:
-    """The sampler's view of a DFM: ``x_t, t -> x0``, with guidance; keeps the last conditional signal."""
+    """The sampler's view of a DFM: ``x_t, t -> x0``, with guidance; keeps the last conditional signal.
+
+    A :class:`ContextSplit` denoiser's context part is computed here, once for the conditional and
+    once for the unconditional branch, and each step runs only its per-step part."""
 
     def __init__(self, model: DFM, ctxt_obs: Tensor, ctxt_params: Any, trgt_params: Any, guidance: float):
-        self.model, self.ctxt_obs, self.ctxt_params = model, ctxt_obs, ctxt_params
-        self.trgt_params, self.guidance = trgt_params, guidance
+        self.model, self.trgt_params, self.guidance = model, trgt_params, guidance
+        denoiser = model.denoiser
+        if isinstance(denoiser, ContextSplit):
+            self.step = denoiser.denoise
+
+            def context(ctxt: Tensor) -> Any:
+                return denoiser.encode_context(ctxt, ctxt_params, trgt_params)
+        else:
+            self.step = lambda ctxt, x, t, trgt_params: denoiser(ctxt, ctxt_params, x, t, trgt_params)
+
+            def context(ctxt: Tensor) -> Any:
+                return ctxt
+        self.cond = context(ctxt_obs)
+        self.uncond = context(torch.zeros_like(ctxt_obs)) if guidance != 1.0 else None
         self.signal = None
 
-    def _observe(self, ctxt_obs: Tensor, x: Tensor, t: Tensor) -> tuple[Any, Tensor]:
+    def _observe(self, context: Any, x: Tensor, t: Tensor) -> tuple[Any, Tensor]:
         t = t.to(x.device).expand(x.shape[0])
-        signal, _ = denoised(self.model.denoiser(ctxt_obs, self.ctxt_params, x, t, self.trgt_params))
+        signal, _ = denoised(self.step(context, x, t, self.trgt_params))
         return signal, observation(self.model.forward_model(signal, self.trgt_params))
 
     def __call__(self, x: Tensor, t: Tensor) -> Tensor:
-        self.signal, x0 = self._observe(self.ctxt_obs, x, t)
-        if self.guidance != 1.0:
-            _, x0_uncond = self._observe(torch.zeros_like(self.ctxt_obs), x, t)
+        self.signal, x0 = self._observe(self.cond, x, t)
+        if self.uncond is not None:
+            _, x0_uncond = self._observe(self.uncond, x, t)
             x0 = x0_uncond + self.guidance * (x0 - x0_uncond)
         return x0

@@ -16,7 +16,9 @@ that each loss term can declare what it reads.
    channels, averaged over the image, are the scene's global latent;
 4. bind the field to all views' features (context + target) and cameras, at ``t``, with the latent.
 
-It returns the scene with ``O_det`` beside it (:class:`dfm.model.Denoised`, by-product ``"context"``),
+Steps 1 and 2 depend only on the context and the target camera: they are the denoiser's context part
+(``encode_context``), which a sampler runs once per call, and steps 3 and 4 its per-step part
+(``denoise``; :class:`dfm.model.ContextSplit`). It returns the scene with ``O_det`` beside it (:class:`dfm.model.Denoised`, by-product ``"context"``),
 not inside it: only the ``cond`` loss term reads it, and the renderer never needs to know it exists.
 
 Parameters (``params``) of the forward model and of the denoiser are dicts: ``c2w`` ``(B, 4, 4)`` and
@@ -57,6 +59,15 @@ class Scene(NamedTuple):
     coarse_field: Field  # the field of the coarse pass (the same one unless the model has a coarse network)
     near: Tensor  # (B,) the scene's bounds along every ray
     far: Tensor
+
+
+class SceneContext(NamedTuple):
+    """The context part of :class:`SceneDenoiser` (what a sampler computes once)."""
+
+    features: Tensor  # (B, V, F, H, W) pixel-aligned features of the context views
+    ctxt_params: Cameras
+    o_det: dict[str, Tensor] | None  # O_det's channels at its own resolution, for the cond loss term
+    o_det_input: Tensor | None  # (B, C, H, W) O_det upsampled: what the target encoder reads beside the noisy view
 
 
 @dataclass
@@ -200,29 +211,39 @@ class SceneDenoiser(nn.Module):
         return {"context"} if self.context is not None else set()
 
     def forward(self, ctxt_obs: Tensor, ctxt_params: Cameras, noisy_obs: Tensor, t: Tensor, trgt_params: Cameras) -> Denoised:
+        return self.denoise(self.encode_context(ctxt_obs, ctxt_params, trgt_params), noisy_obs, t, trgt_params)
+
+    def encode_context(self, ctxt_obs: Tensor, ctxt_params: Cameras, trgt_params: Cameras) -> SceneContext:
+        """Steps 1 and 2, which depend only on the context views and the target camera: a sampler runs
+        them once (:class:`dfm.model.ContextSplit`)."""
         B, V, _, H, W = ctxt_obs.shape
         extra = ContextEstimate.channels(self.field.out_features) if self.context is not None else 0
         views = torch.cat([ctxt_obs.flatten(0, 1), ctxt_obs.new_zeros(B * V, extra, H, W)], 1)
         ctxt_pose = pose_vector(ctxt_params["c2w"]).flatten(0, 1) if self.pose_conditioning else None
-        ctxt_features = self.encoder(views, t.new_zeros(B * V), ctxt_pose)[:, : self.features].unflatten(0, (B, V))
+        ctxt_features = self.encoder(views, ctxt_obs.new_zeros(B * V), ctxt_pose)[:, : self.features].unflatten(0, (B, V))
+        if self.context is None:
+            return SceneContext(ctxt_features, ctxt_params, None, None)
 
-        extras, target_input = {}, noisy_obs
-        if self.context is not None:
-            def context_field(ctxt_features: Tensor) -> Field:
-                latent = ctxt_features.new_zeros(B, self.latent_dim) if self.latent_dim else None
-                return self.field.bind(ctxt_features, ctxt_params["c2w"], ctxt_params["K"], ctxt_features.new_zeros(B), latent)
+        def context_field(ctxt_features: Tensor) -> Field:
+            latent = ctxt_features.new_zeros(B, self.latent_dim) if self.latent_dim else None
+            return self.field.bind(ctxt_features, ctxt_params["c2w"], ctxt_params["K"], ctxt_features.new_zeros(B), latent)
 
-            o_det = self.context(context_field, ctxt_features, trgt_params)
-            extras["context"] = o_det
-            stacked = torch.cat([o_det["rgb"], o_det["depth"], o_det["opacity"], o_det["features"]], 1)
-            target_input = torch.cat([noisy_obs, F.interpolate(stacked, size=(H, W), mode="bilinear", align_corners=False)], 1)
+        o_det = self.context(context_field, ctxt_features, trgt_params)
+        stacked = torch.cat([o_det["rgb"], o_det["depth"], o_det["opacity"], o_det["features"]], 1)
+        return SceneContext(ctxt_features, ctxt_params, o_det, F.interpolate(stacked, size=(H, W), mode="bilinear", align_corners=False))
+
+    def denoise(self, context: SceneContext, noisy_obs: Tensor, t: Tensor, trgt_params: Cameras) -> Denoised:
+        """Steps 3 and 4: encode the noisy target (with ``O_det``) at ``t`` and bind the field."""
+        target_input = noisy_obs if context.o_det_input is None else torch.cat([noisy_obs, context.o_det_input], 1)
         out = self.encoder(target_input, t, pose_vector(trgt_params["c2w"]) if self.pose_conditioning else None)
         trgt_features, latent = out[:, : self.features], out[:, self.features:].mean((2, 3))
 
-        maps = torch.cat([ctxt_features, trgt_features[:, None]], 1)
+        ctxt_params = context.ctxt_params
+        maps = torch.cat([context.features, trgt_features[:, None]], 1)
         c2w = torch.cat([ctxt_params["c2w"], trgt_params["c2w"][:, None]], 1)
         K = torch.cat([ctxt_params["K"], trgt_params["K"][:, None]], 1)
         latent = latent if self.latent_dim else None
         field = self.field.bind(maps, c2w, K, t, latent)
         coarse = self.coarse_network.bind(maps, c2w, K, t, latent) if self.coarse_network is not None else field
+        extras = {} if context.o_det is None else {"context": context.o_det}
         return Denoised(Scene(field, coarse, trgt_params["near"], trgt_params["far"]), extras)
