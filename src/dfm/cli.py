@@ -73,6 +73,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    import torch
+
     from dfm.runs import load_trained
     from dfm.tasks.scenes import ScenesTask
     from dfm.tasks.scenes.evaluation import evaluate, write_report
@@ -82,8 +84,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     task, model = load_trained(args.run, overrides)
     if not isinstance(task, ScenesTask):
         raise ValueError(f"dfm eval scores 3-D scene runs; {args.run} is a {task.cfg.task!r} run")
-    import torch
-
     model.to(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     out = Path(args.out) if args.out else Path(args.run) / f"eval-{args.protocol}"
     report = evaluate(
