@@ -27,3 +27,14 @@ def test_mp4_without_imageio_ffmpeg_says_what_to_install(tmp_path):
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "imageio[ffmpeg]" in proc.stderr, proc.stderr[-1000:]
+
+
+def test_upscaled_makes_small_images_and_grid_cells_visible():
+    from dfm.visualize import upscaled
+
+    image = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
+    big = upscaled(image, 8)  # shorter side 2 -> at least 8: x4, nearest neighbour
+    assert big.shape == (8, 12, 3) and (big[:4, :4] == image[0, 0]).all()
+    grid = np.zeros((64, 320, 3), np.uint8)  # 2 x 10 cells of 32 px
+    assert upscaled(grid, 96, cell=32).shape == (192, 960, 3)
+    assert upscaled(grid, 256).shape == (256, 1280, 3)  # by the shorter side: x4

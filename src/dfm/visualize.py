@@ -54,9 +54,10 @@ def to_uint8(image: torch.Tensor) -> np.ndarray:
     return ((image.detach().cpu().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
 
 
-def upscaled(image: np.ndarray, min_size: int = 256) -> np.ndarray:
-    """Nearest-neighbour upscaling of a small ``(H, W, 3)`` image so that pixels stay visible in viewers."""
-    factor = max(1, min_size // min(image.shape[:2]))
+def upscaled(image: np.ndarray, min_size: int = 256, cell: int | None = None) -> np.ndarray:
+    """Nearest-neighbour upscaling of a small ``(H, W, 3)`` image so that pixels stay visible in viewers:
+    its shorter side to at least ``min_size``, or, for a grid of ``cell``-pixel tiles, each tile."""
+    factor = max(1, min_size // (cell or min(image.shape[:2])))
     return image.repeat(factor, 0).repeat(factor, 1)
 
 

@@ -251,4 +251,4 @@ def motion_panel(frames: Tensor, truth: Tensor, nexts: Tensor, flows: Tensor) ->
         images = [frames[i], truth[i], *nexts[i]]
         colours = [blank, blank, *[flow_to_color(f, max_norm) for f in flows[i]]]
         rows.append(torch.cat([torch.cat(images, 2), torch.cat(colours, 2)], 1))
-    return upscaled(to_uint8(torch.cat(rows, 1)))
+    return upscaled(to_uint8(torch.cat(rows, 1)), 96, cell=frames.shape[-1])

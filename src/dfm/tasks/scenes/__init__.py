@@ -482,4 +482,4 @@ def scene_grid(truth: Tensor, samples: Tensor) -> np.ndarray:
     n, v = samples.shape[:2]
     first = torch.cat([truth, -torch.ones(v - len(truth), *truth.shape[1:])]) if len(truth) < v else truth[:v]
     rows = [torch.cat(list(first), 2), *[torch.cat(list(s), 2) for s in samples]]
-    return upscaled(to_uint8(torch.cat(rows, 1)), 128)
+    return upscaled(to_uint8(torch.cat(rows, 1)), 96, cell=truth.shape[-1])
