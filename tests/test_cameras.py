@@ -242,3 +242,12 @@ def test_gradients_flow_through_rays_and_projection():
         x.requires_grad_(True)
     assert torch.autograd.gradcheck(lambda c, k, u: cam.rays(c, k, u), (c2w, K, uv))
     assert torch.autograd.gradcheck(lambda p, c, k: cam.project(p, c, k), (points, c2w, K))
+
+
+def test_depth_points_invert_projection():
+    c2w, K = cam.orbit(2, 3.0, 30.0), cam.intrinsics_from_fov(50.0).expand(2, 3, 3)
+    depth = torch.rand(2, 5, 7, generator=torch.Generator().manual_seed(0)) + 1
+    points = cam.depth_points(depth, c2w, K)  # (2, 35, 3)
+    uv, z = cam.project(points, c2w, K)
+    torch.testing.assert_close(z, depth.flatten(1))
+    torch.testing.assert_close(uv, cam.pixel_grid(5, 7).expand(2, 35, 2))

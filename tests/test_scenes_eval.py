@@ -4,12 +4,14 @@ on the shipped checkpoint (synth3d protocol) and on the Co3D / RealEstate10k fix
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
 
 from dfm.cli import PRETRAINED
 from dfm.data.synth3d import Synth3D, Synth3DSource, render, write_dataset
+from dfm.metrics import InceptionFeatures
 from dfm.tasks.scenes.evaluation import unseen_region
 from test_cli import run_dfm
 
@@ -49,6 +51,15 @@ def test_eval_on_the_shipped_checkpoint_resumes_and_reports(tmp_path):
     assert again.returncode == 0, again.stderr
     assert {p.name: p.stat().st_mtime_ns for p in (out / "samples").iterdir()} == stamps
     assert json.loads((out / "metrics.json").read_text())["metrics"] == report["metrics"]
+    # FID and KID with an Inception weight file (random weights saved in the file's layout: this checks the
+    # path, not the values); the samples on disk are reused
+    weights = tmp_path / "inception.pth"
+    torch.save(InceptionFeatures().state_dict(), weights)
+    proc = run_dfm(*args, "--inception", str(weights), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    scored = json.loads((out / "metrics.json").read_text())["metrics"]
+    assert scored["fid"] >= 0 and math.isfinite(scored["kid"]) and scored["target_psnr"] == report["metrics"]["target_psnr"]
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "samples").iterdir()} == stamps
     wrong = run_dfm("eval", str(PRETRAINED / "scenes_synth3d"), "--protocol", "co3d", f"data.root={data}", cwd=tmp_path)
     assert wrong.returncode == 2 and "reads co3d data" in wrong.stderr
 

@@ -110,6 +110,14 @@ def z_depth(distance: Tensor, directions: Tensor, c2w: Tensor) -> Tensor:
     return distance * torch.einsum("...ni,...i->...n", directions, c2w[..., :3, 2])
 
 
+def depth_points(depth: Tensor, c2w: Tensor, K: Tensor) -> Tensor:
+    """World points ``(..., H * W, 3)`` (row-major) of z-depth maps ``(..., H, W)`` seen by cameras ``c2w``
+    ``(..., 4, 4)``, ``K`` ``(..., 3, 3)``: the inverse of :func:`project` at every pixel centre."""
+    origins, directions = image_rays(c2w, K, *depth.shape[-2:])
+    distance = depth.flatten(-2) / torch.einsum("...ni,...i->...n", directions, c2w[..., :3, 2])  # z-depth -> along the ray
+    return origins + distance[..., None] * directions
+
+
 def image_rays(c2w: Tensor, K: Tensor, height: int, width: int) -> tuple[Tensor, Tensor]:
     """Rays through every pixel centre, ``(..., H * W, 3)`` each, row-major."""
     uv = pixel_grid(height, width, c2w.device, c2w.dtype)

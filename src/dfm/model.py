@@ -236,32 +236,36 @@ class DFM(nn.Module):
         return out
 
 
+class _Whole:
+    """A denoiser without a context part, seen as a :class:`ContextSplit`: its context is the context views."""
+
+    def __init__(self, denoiser: Denoiser, ctxt_params: Any):
+        self.denoiser, self.ctxt_params = denoiser, ctxt_params
+
+    def encode_context(self, ctxt_obs: Tensor, ctxt_params: Any, trgt_params: Any) -> Tensor:
+        return ctxt_obs
+
+    def denoise(self, context: Tensor, noisy_obs: Tensor, t: Tensor, trgt_params: Any) -> Any:
+        return self.denoiser(context, self.ctxt_params, noisy_obs, t, trgt_params)
+
+
 class GuidedX0:
     """The sampler's view of a DFM: ``x_t, t -> x0``, with guidance; keeps the last conditional signal.
 
-    A :class:`ContextSplit` denoiser's context part is computed here, once for the conditional and
+    The denoiser's context part (:class:`ContextSplit`) is computed here, once for the conditional and
     once for the unconditional branch, and each step runs only its per-step part."""
 
     def __init__(self, model: DFM, ctxt_obs: Tensor, ctxt_params: Any, trgt_params: Any, guidance: float):
         self.model, self.trgt_params, self.guidance = model, trgt_params, guidance
-        denoiser = model.denoiser
-        if isinstance(denoiser, ContextSplit):
-            self.step = denoiser.denoise
-
-            def context(ctxt: Tensor) -> Any:
-                return denoiser.encode_context(ctxt, ctxt_params, trgt_params)
-        else:
-            self.step = lambda ctxt, x, t, trgt_params: denoiser(ctxt, ctxt_params, x, t, trgt_params)
-
-            def context(ctxt: Tensor) -> Any:
-                return ctxt
-        self.cond = context(ctxt_obs)
-        self.uncond = context(torch.zeros_like(ctxt_obs)) if guidance != 1.0 else None
+        split = model.denoiser if isinstance(model.denoiser, ContextSplit) else _Whole(model.denoiser, ctxt_params)
+        self.denoise = split.denoise
+        self.cond = split.encode_context(ctxt_obs, ctxt_params, trgt_params)
+        self.uncond = split.encode_context(torch.zeros_like(ctxt_obs), ctxt_params, trgt_params) if guidance != 1.0 else None
         self.signal = None
 
     def _observe(self, context: Any, x: Tensor, t: Tensor) -> tuple[Any, Tensor]:
         t = t.to(x.device).expand(x.shape[0])
-        signal, _ = denoised(self.step(context, x, t, self.trgt_params))
+        signal, _ = denoised(self.denoise(context, x, t, self.trgt_params))
         return signal, observation(self.model.forward_model(signal, self.trgt_params))
 
     def __call__(self, x: Tensor, t: Tensor) -> Tensor:

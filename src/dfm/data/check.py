@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt
 import torch
 from tqdm import tqdm
 
-from dfm.cameras import image_rays
+from dfm.cameras import depth_points
 from dfm.data.multiview import MultiViewScene, SceneSource
 from dfm.data.vimeo import DatasetError
 
@@ -63,11 +63,8 @@ def scene_points(scene: MultiViewScene, per_view: int = 2000) -> tuple[torch.Ten
     """World points ``(P, 3)`` and colours ``(P, 3)`` in [0, 1] of the pixels with a depth, from every view."""
     if scene.depths is None:
         return torch.zeros(0, 3), torch.zeros(0, 3)
-    h, w = scene.images.shape[-2:]
-    origins, directions = image_rays(scene.c2w, scene.K, h, w)  # (V, h w, 3), unit directions
-    z = scene.depths.flatten(1)  # (V, h w) z-depth
-    distance = z / torch.einsum("vni,vi->vn", directions, scene.c2w[:, :3, 2])  # z-depth -> distance along the ray
-    points = origins + distance[..., None] * directions
+    points = depth_points(scene.depths[:, 0], scene.c2w, scene.K)  # (V, h w, 3)
+    z = scene.depths.flatten(1)  # (V, h w)
     colours = ((scene.images.flatten(2).transpose(1, 2) + 1) / 2).clamp(0, 1)
     keep = z > 0
     step = max(1, int(keep.sum()) // (per_view * len(z)))

@@ -39,7 +39,7 @@ alone, into a common frame: the origin is the point closest in least squares to 
 roughly upright) is turned onto world +z by the smallest rotation, and the scale makes the mean
 camera distance to the origin :data:`CAMERA_DISTANCE`. Depths scale with the world. The frame comes
 from all of the sequence's annotated frames, whatever the subset, split or views asked for, so a
-sequence's frame never changes; it costs a 3x3 least-squares solve per load and nothing is cached.
+sequence's frame never changes; it costs a 3x3 least-squares solve per sequence, kept in memory (no files).
 RealEstate10k needs none of this: its published trajectories were already scale-normalised by the
 dataset's authors, each clip's SLAM reconstruction scaled by a percentile of its point-cloud depths
 (Zhou et al., "Stereo Magnification", SIGGRAPH 2018), so scene depths are on a comparable (not
@@ -73,8 +73,8 @@ from dfm.cameras import (
     pytorch3d_to_opencv,
 )
 from dfm.data.multiview import MultiViewScene, checked_cameras, square_crop_resize
-from dfm.data.synth3d import Synth3D, render
-from dfm.data.vimeo import DatasetError, load_frame, split_sizes
+from dfm.data.synth3d import Synth3D, render_wide
+from dfm.data.vimeo import DatasetError, load_frame, split_sizes, to_pixels
 
 SPLITS = ("train", "val", "test")
 INTRINSICS_FORMATS = ("ndc_isotropic", "ndc_norm_image_bounds")
@@ -244,6 +244,7 @@ class Co3DSource:
         listed = self._read_set_list()
         self._frames, self._views = self._index_frames(listed)
         self.sequences = self._filter(folder / "sequence_annotations.jgz", sorted(listed), min_quality, min_point_cloud_quality)
+        self._camera_cache: dict[str, tuple[Tensor, Tensor, float]] = {}
 
     def _read_set_list(self) -> dict[str, set[int]]:
         """The frame numbers of each sequence in this split of the set list."""
@@ -336,8 +337,15 @@ class Co3DSource:
     def num_views(self, index: int) -> int:
         return len(self._views[self.sequences[index]])
 
-    def _cameras(self, name: str) -> tuple[Tensor, Tensor]:
-        """``c2w`` ``(N, 4, 4)`` and normalised ``K`` ``(N, 3, 3)``, float64, of every annotated frame of a sequence, checked."""
+    def _cameras(self, name: str) -> tuple[Tensor, Tensor, float]:
+        """``c2w`` ``(N, 4, 4)`` (in the normalised world with ``normalise``) and normalised ``K`` ``(N, 3, 3)``,
+        float64, of every annotated frame of a sequence, checked, and the world's scale. Kept per sequence:
+        every training example of a sequence would otherwise convert and normalise all its frames again."""
+        if name not in self._camera_cache:
+            self._camera_cache[name] = self._read_cameras(name)
+        return self._camera_cache[name]
+
+    def _read_cameras(self, name: str) -> tuple[Tensor, Tensor, float]:
         try:
             cameras = [
                 viewpoint_to_opencv(entry["viewpoint"], int(entry["image"]["size"][1]), int(entry["image"]["size"][0]))
@@ -347,7 +355,13 @@ class Co3DSource:
             raise DatasetError(f"malformed camera of sequence {name!r} in {self.frame_file}: {error!r}") from error
         c2w, K = (torch.stack(x) for x in zip(*cameras))
         checked_cameras(c2w, K, f"{self.frame_file}, sequence {name!r} (cameras in frame-number order)")
-        return c2w, K
+        if not self.normalise:
+            return c2w, K, 1.0
+        try:
+            G, scale = normalisation(c2w)
+        except ValueError as error:
+            raise DatasetError(f"{self.frame_file}: cannot normalise sequence {name!r}: {error}") from error
+        return apply_normalisation(c2w, G, scale), K, scale
 
     def load(self, index: int, views: Sequence[int] | None = None) -> MultiViewScene:
         """Views ``views`` (positions in the sequence's frame-number order; default all) of sequence ``index``."""
@@ -360,14 +374,7 @@ class Co3DSource:
                 f"sequence {name!r} has {len(positions)} frames in the {self.split!r} list of {self.set_list}; "
                 f"views {outside} do not exist"
             )
-        c2w_all, K_all = self._cameras(name)
-        scale = 1.0
-        if self.normalise:
-            try:
-                G, scale = normalisation(c2w_all)
-            except ValueError as error:
-                raise DatasetError(f"{self.frame_file}: cannot normalise sequence {name!r}: {error}") from error
-            c2w_all = apply_normalisation(c2w_all, G, scale)
+        c2w_all, K_all, scale = self._cameras(name)
         pick = [positions[v] for v in views]
         # per frame, since frames may differ in size; then (V, ...) each
         images, K, masks, depths = zip(*(self._read_frame(self._frames[name][i], name, K_all[i], scale) for i in pick))
@@ -441,15 +448,13 @@ def write_co3d(
     frames, sequences, set_lists = [], [], {"train": [], "val": [], "test": []}
     for number, name in enumerate(tqdm(ids, desc="scenes", disable=not progress)):
         scene = generator.scene(rng)
-        K = scene.K.double().clone()  # (V, 3, 3): the same pixel focal length on a wider image, centred
-        K[:, 0, 0] *= height / width
-        views = render(scene.meta, scene.c2w, K, height, width)
+        K, views = render_wide(scene, width)
         rotation, scale, translation = _random_similarity(world_rng)
         c2w = scene.c2w.double().clone()  # (V, 4, 4), moved to the SfM world: x -> scale * rotation x + translation
         c2w[:, :3, :3] = rotation @ c2w[:, :3, :3]
         c2w[:, :3, 3] = scale * c2w[:, :3, 3] @ rotation.T + translation
         scale_adjustment = float(world_rng.uniform(0.5, 2.0))
-        pixels = ((views.images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        pixels = to_pixels(views.images)
         depth_bits = (views.depth[:, 0] * scale / scale_adjustment).numpy().astype(np.float16).view(np.uint16)
         for directory in ("images", "masks", "depths", "depth_masks"):
             (folder / name / directory).mkdir(parents=True, exist_ok=True)

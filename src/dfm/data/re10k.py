@@ -62,8 +62,8 @@ from torch import Tensor
 from tqdm import tqdm
 
 from dfm.data.multiview import MultiViewScene, checked_cameras, square_crop_resize
-from dfm.data.synth3d import SPLITS, Synth3D, Synth3DScene, render
-from dfm.data.vimeo import DatasetError, load_frame, split_sizes
+from dfm.data.synth3d import SPLITS, Synth3D, Synth3DScene, render_wide
+from dfm.data.vimeo import DatasetError, load_frame, split_sizes, to_pixels
 
 CAMERA_COLUMNS = 18  # fx fy cx cy, two zeros, a row-major 3x4 world-to-camera matrix
 FRAME_INTERVAL_US = 33_333  # between the frames that the writers make up, as at 30 frames per second
@@ -363,14 +363,8 @@ def _frames(generator: Synth3D, scene: Synth3DScene) -> tuple[Tensor, np.ndarray
     """The scene's views as RealEstate10k camera rows ``(V, 18)`` float64 and 16:9 frames ``(V, H, W, 3)``
     uint8, from the same cameras with the same focal length in pixels and the principal point moved by the
     crop offset, so that the centred square crop of each frame is the native view pixel for pixel."""
-    height = generator.resolution
-    width = frame_width(height)
-    K = scene.K.double().clone()
-    K[:, 0, 0] *= height / width
-    K[:, 0, 2] = (K[:, 0, 2] * height + (width - height) / 2) / width
-    images = render(scene.meta, scene.c2w, K, height, width).images
-    pixels = ((images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    return camera_rows(scene.c2w, K), pixels
+    K, views = render_wide(scene, frame_width(generator.resolution))
+    return camera_rows(scene.c2w, K), to_pixels(views.images)
 
 
 def _scenes(

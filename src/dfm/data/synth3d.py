@@ -42,7 +42,7 @@ from tqdm import tqdm
 
 from dfm.cameras import CameraError, image_rays, intrinsics_from_fov, orbit, validate_cameras, z_depth
 from dfm.data.multiview import MultiViewScene, square_crop_resize
-from dfm.data.vimeo import DatasetError, load_frame, split_sizes
+from dfm.data.vimeo import DatasetError, load_frame, split_sizes, to_pixels
 
 # Well separated, saturated colours (RGB in [0, 1]): red, green, blue, yellow.
 PALETTE = ((0.9, 0.15, 0.15), (0.15, 0.75, 0.2), (0.15, 0.3, 0.9), (0.95, 0.85, 0.15))
@@ -176,6 +176,20 @@ def render(meta: dict, c2w: Tensor, K: Tensor, height: int, width: int, hidden_c
     )
 
 
+def render_wide(scene: Synth3DScene, width: int) -> tuple[Tensor, Synth3DViews]:
+    """The scene's views on ``resolution x width`` images whose centred square is the native view pixel
+    for pixel (``width - resolution`` even): the same cameras and focal length in pixels, the principal
+    point moved by the crop offset. Returns their normalised ``K`` ``(V, 3, 3)`` float64 and the views;
+    the fixtures of the real datasets' layouts are made this way (see :func:`dfm.data.multiview.square_crop_resize`)."""
+    height = scene.images.shape[-2]
+    if (width - height) % 2 or width < height:
+        raise ValueError(f"width {width} must be at least the height {height} and differ from it by an even number")
+    K = scene.K.double().clone()
+    K[:, 0, 0] *= height / width
+    K[:, 0, 2] = (K[:, 0, 2] * height + (width - height) / 2) / width
+    return K, render(scene.meta, scene.c2w, K, height, width)
+
+
 @dataclass(frozen=True)
 class Synth3D:
     """The generator's parameters. Lengths are world units; ``size`` is the primitive's bounding radius,
@@ -261,7 +275,7 @@ def write_dataset(
         directory = out / "scenes" / scene_id
         (directory / "images").mkdir(parents=True, exist_ok=True)
         (directory / "masks").mkdir(exist_ok=True)
-        pixels = ((scene.images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        pixels = to_pixels(scene.images)
         for view, (image, mask) in enumerate(zip(pixels, scene.mask[:, 0].numpy())):
             iio.imwrite(directory / "images" / f"{view:03d}.png", image)
             iio.imwrite(directory / "masks" / f"{view:03d}.png", mask.astype(np.uint8) * 255)

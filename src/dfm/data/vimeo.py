@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import imageio.v3 as iio
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -149,13 +150,18 @@ class Vimeo90K(torch.utils.data.Dataset):
         return images if self.resolution is None else _resize_center_crop(images, self.resolution)
 
 
+def to_pixels(images: Tensor) -> np.ndarray:
+    """``(N, 3, H, W)`` floats in ``[-1, 1]`` as ``(N, H, W, 3)`` uint8, rounded: what the generators write."""
+    return ((images.detach().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
 def write_sequence(root: str | Path, seq_id: str, frames: Tensor, layout: str) -> None:
     """Write a ``(T, 3, H, W)`` float tensor in ``[-1, 1]`` as ``ROOT/sequences/<seq_id>/im1.png ...``
     (8-bit, rounded), so generated data can be read exactly like the real dataset."""
     count = _layout(layout)[1]
     if frames.ndim != 4 or frames.shape[:2] != (count, 3):
         raise ValueError(f"a {layout} needs frames of shape ({count}, 3, H, W), got {tuple(frames.shape)}")
-    pixels = ((frames.detach().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    pixels = to_pixels(frames)
     (Path(root) / "sequences" / seq_id).mkdir(parents=True, exist_ok=True)
     for number, image in enumerate(pixels, start=1):
         iio.imwrite(_frame_path(Path(root), seq_id, number), image)

@@ -300,9 +300,10 @@ def export_checkpoint(path: str | os.PathLike, out: str | os.PathLike, *, force:
             raise CheckpointError(f"{out}: exists and is not a directory")
         if (target / "checkpoints").is_dir() or (target / "state.pt").exists():
             raise CheckpointError(f"{out}: is a training run or checkpoint; nothing written, choose another directory")
-        if _is_export(target) and not force:
-            raise CheckpointError(f"{out}: holds an earlier export; pass --force (force=True) to replace it")
-        if not _is_export(target) and any(not p.name.startswith(".tmp-") for p in target.iterdir()):
+        if _is_export(target):
+            if not force:
+                raise CheckpointError(f"{out}: holds an earlier export; pass --force (force=True) to replace it")
+        elif any(not p.name.startswith(".tmp-") for p in target.iterdir()):
             raise CheckpointError(f"{out}: is not empty and not an earlier export; nothing written, choose another directory")
     try:
         target.mkdir(parents=True, exist_ok=True)

@@ -40,7 +40,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from dfm import metrics
-from dfm.cameras import image_rays, project
+from dfm.cameras import depth_points, project
 from dfm.data.multiview import MultiViewScene
 from dfm.model import DFM
 from dfm.networks.lpips import load_lpips
@@ -89,9 +89,8 @@ def unseen_region(scene: MultiViewScene, target: int, context: int = 0, toleranc
     if scene.depths is None:
         return None
     h, w = scene.images.shape[-2:]
-    origins, directions = image_rays(scene.c2w[target], scene.K[target], h, w)  # (h w, 3)
     z = scene.depths[target].flatten()
-    points = origins + (z / (directions @ scene.c2w[target, :3, 2]))[:, None] * directions
+    points = depth_points(scene.depths[target, 0], scene.c2w[target], scene.K[target])  # (h w, 3)
     uv, depth = project(points, scene.c2w[context], scene.K[context])  # normalised coordinates, z-depth
     inside = (uv >= 0).all(-1) & (uv < 1).all(-1) & (depth > 0)
     col, row = (uv[:, 0] * w).long().clamp(0, w - 1), (uv[:, 1] * h).long().clamp(0, h - 1)
@@ -117,24 +116,24 @@ def palette_match(samples: Tensor, meta: dict, c2w: Tensor, K: Tensor) -> tuple[
     return best.indices, best.values, hidden[None]
 
 
-def sample_or_resume(model: DFM, task: ScenesTask, scene: MultiViewScene, path: Path, samples: int, seed: int, sampler: dict) -> dict:
-    """The scene's samples rendered at its one-shot view and at the context camera, from ``path`` when an
-    earlier run with the same settings wrote it."""
-    settings = {"samples": samples, "seed": seed, **{k: v for k, v in sampler.items() if k != "progress"}}
+def sample_or_resume(
+    model: DFM, task: ScenesTask, scene: MultiViewScene, views: list[int], path: Path, samples: int, seed: int, sampler: dict,
+) -> Tensor:
+    """The scene's samples (one-shot at :meth:`ScenesTask.one_shot_view`) rendered at ``views``
+    ``(K, len(views), 3, H, W)``, from ``path`` when an earlier run with the same settings wrote it."""
+    settings = {"samples": samples, "seed": seed, "views": views, **{k: v for k, v in sampler.items() if k != "progress"}}
     if path.is_file():
         saved = torch.load(path, weights_only=True)
         if saved["settings"] == settings:
-            return saved
-    target = task.one_shot_view(scene)
+            return saved["rendered"]
     sample = sample_scene(model, *task.context_of(scene), task.target_camera(scene), samples, seed=seed, **sampler)
-    views = sorted({0, target, 1, len(scene.c2w) - 1})
     rendered = render_views(model, sample, scene.c2w[views], scene.K[views], scene.images.shape[-1])["rgb"]
-    out = {"settings": settings, "views": views, "rendered": rendered, "target": target}
+    out = {"settings": settings, "rendered": rendered}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     torch.save(out, tmp)
     tmp.replace(path)  # a killed evaluation never leaves a half-written sample file
-    return out
+    return rendered
 
 
 def evaluate(
@@ -160,9 +159,11 @@ def evaluate(
     fake, real, palette, grid = [], [], [], []
     for i in tqdm(range(count), desc=f"eval {protocol}", disable=not progress):
         scene = source.load(i)
-        saved = sample_or_resume(model, task, scene, out / "samples" / f"{scene.scene_id}.pt", samples, seed + i, sampler)
-        views, target = saved["views"], saved["target"]
-        rendered = saved["rendered"]  # (K, v, 3, H, W) in [-1, 1]
+        target = task.one_shot_view(scene)
+        novel = [v for v in (1, len(scene.c2w) - 1) if v not in (0, target)] if p.source == "synth3d" else []
+        views = sorted({0, target, *novel})  # rendered: the context, the target and (Synth3D) its neighbours
+        path = out / "samples" / f"{scene.scene_id}.pt"
+        rendered = sample_or_resume(model, task, scene, views, path, samples, seed + i, sampler)  # (K, v, 3, H, W)
         pred, truth = rendered[:, views.index(target)], scene.images[target]
         if p.masked:
             mask = scene.masks[target].float()
@@ -184,7 +185,6 @@ def evaluate(
             if found is not None:
                 palette.append(found[:2])
                 unseen = found[2]
-            novel = [v for v in (1, len(scene.c2w) - 1) if v not in (0, target)]
             for v in novel:
                 scores["novel_psnr"].append(metrics.psnr(rendered[:, views.index(v)], scene.images[v].expand_as(pred)).mean())
         else:
@@ -209,8 +209,9 @@ def evaluate(
         notes.append("FID and KID left out (no --inception weight file: pytorch-fid's pt_inception-2015-12-05-6726825d.pth)")
     else:
         extractor = metrics.InceptionFeatures.from_file(inception).to(next(model.parameters()).device)
-        result["fid"] = metrics.fid(torch.cat(real), torch.cat(fake), extractor)  # through torchmetrics
-        result["kid"] = metrics.kid(torch.cat(real), torch.cat(fake), extractor)[0]
+        a, b = metrics.image_features(extractor, torch.cat(real)), metrics.image_features(extractor, torch.cat(fake))
+        result["fid"] = metrics.fid_from_features(a, b)  # equal to torchmetrics' on the same features (tested)
+        result["kid"] = metrics.kid_from_features(a, b)[0]
     if grid:
         save_image(np.concatenate(grid, 0), out / "samples.png")
     return {"metrics": result, "notes": notes, "scenes": count, "samples": samples}
