@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from dfm.config import check_values
 from dfm.diffusion import NoiseSchedule
+from dfm.precision import autocast, check_precision
 from dfm.samplers import SAMPLERS
 
 Batch = Mapping[str, Any]
@@ -203,25 +204,30 @@ class DFM(nn.Module):
         generator: torch.Generator | None = None,
         callback: Callable[[dict], None] | None = None,
         progress: bool = False,
+        precision: str = "fp32",
         **sampler_options,
     ) -> Sample:
         """Sample target observations of shape ``shape`` (batch first) and their signals.
 
         ``guidance`` is the classifier-free guidance weight w in
         ``x0 = x0_uncond + w * (x0_cond - x0_uncond)`` (1 = no guidance); ``temperature`` scales
-        the initial noise. Extra keyword options go to the sampler (e.g. ``eta``: 0 deterministic, 1 stochastic).
-        Raises SamplingError rather than return non-finite observations, which would pass as images.
+        the initial noise. ``precision`` (``dfm.precision.PRECISIONS``) is that of the denoiser and forward
+        model; the sampler's updates stay in fp32. Extra keyword options go to the sampler (e.g. ``eta``: 0
+        deterministic, 1 stochastic). Raises SamplingError rather than return non-finite observations, which would pass as images.
         """
         options = dict(steps=steps, guidance=guidance, temperature=temperature, eta=sampler_options.get("eta"))
         check_values(options, "", positive=["steps"], non_negative=["temperature", "eta"])
         device = ctxt_obs.device
-        if self.deterministic:
-            signal, _ = denoised(self.denoiser(ctxt_obs, ctxt_params, *self.blind_target(shape, device, ctxt_obs.dtype), trgt_params))
-            out = Sample(observation(self.forward_model(signal, trgt_params)), signal)
-        elif sampler not in SAMPLERS:
+        check_precision(precision, device, "precision")
+        if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r}; available: {sorted(SAMPLERS)}")
+        if self.deterministic:
+            with autocast(precision, device):
+                signal, _ = denoised(self.denoiser(ctxt_obs, ctxt_params, *self.blind_target(shape, device, ctxt_obs.dtype), trgt_params))
+                obs = observation(self.forward_model(signal, trgt_params))
+            out = Sample(obs.float(), signal)
         else:
-            x0_fn = GuidedX0(self, ctxt_obs, ctxt_params, trgt_params, guidance)
+            x0_fn = GuidedX0(self, ctxt_obs, ctxt_params, trgt_params, guidance, precision)
             x = temperature * torch.randn(shape, generator=generator, device=device)
             timesteps = self.schedule.sampling_timesteps(steps, spacing)
             obs = SAMPLERS[sampler](
@@ -253,20 +259,25 @@ class GuidedX0:
     """The sampler's view of a DFM: ``x_t, t -> x0``, with guidance; keeps the last conditional signal.
 
     The denoiser's context part (:class:`ContextSplit`) is computed here, once for the conditional and
-    once for the unconditional branch, and each step runs only its per-step part."""
+    once for the unconditional branch, and each step runs only its per-step part. Both run at
+    ``precision``; the clean estimate handed to the sampler is fp32."""
 
-    def __init__(self, model: DFM, ctxt_obs: Tensor, ctxt_params: Any, trgt_params: Any, guidance: float):
+    def __init__(self, model: DFM, ctxt_obs: Tensor, ctxt_params: Any, trgt_params: Any, guidance: float, precision: str = "fp32"):
         self.model, self.trgt_params, self.guidance = model, trgt_params, guidance
+        self.autocast = lambda: autocast(precision, ctxt_obs.device)
         split = model.denoiser if isinstance(model.denoiser, ContextSplit) else _Whole(model.denoiser, ctxt_params)
         self.denoise = split.denoise
-        self.cond = split.encode_context(ctxt_obs, ctxt_params, trgt_params)
-        self.uncond = split.encode_context(torch.zeros_like(ctxt_obs), ctxt_params, trgt_params) if guidance != 1.0 else None
+        with self.autocast():
+            self.cond = split.encode_context(ctxt_obs, ctxt_params, trgt_params)
+            self.uncond = split.encode_context(torch.zeros_like(ctxt_obs), ctxt_params, trgt_params) if guidance != 1.0 else None
         self.signal = None
 
     def _observe(self, context: Any, x: Tensor, t: Tensor) -> tuple[Any, Tensor]:
         t = t.to(x.device).expand(x.shape[0])
-        signal, _ = denoised(self.denoise(context, x, t, self.trgt_params))
-        return signal, observation(self.model.forward_model(signal, self.trgt_params))
+        with self.autocast():
+            signal, _ = denoised(self.denoise(context, x, t, self.trgt_params))
+            obs = observation(self.model.forward_model(signal, self.trgt_params))
+        return signal, obs.float()
 
     def __call__(self, x: Tensor, t: Tensor) -> Tensor:
         self.signal, x0 = self._observe(self.cond, x, t)

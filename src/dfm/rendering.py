@@ -24,6 +24,8 @@ import torch
 import torch.utils.checkpoint
 from torch import Tensor
 
+from dfm.precision import full_precision
+
 Field = Callable[[Tensor, Tensor], dict[str, Tensor]]
 SPACINGS = ("linear", "disparity")
 
@@ -117,6 +119,7 @@ def merge_samples(coarse: RaySamples, fine_t: Tensor) -> RaySamples:
     return RaySamples(t=t, edges=torch.cat([coarse.edges[..., :1, :], midpoints, coarse.edges[..., -1:, :]], dim=-2))
 
 
+@full_precision  # transmittance is a product of many factors near 1: bf16 (8 bits) would lose it
 def composite(
     density: Tensor, values: dict[str, Tensor], deltas: Tensor, t: Tensor, *, background: float | Tensor | None = None
 ) -> dict[str, Tensor]:

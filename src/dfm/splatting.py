@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from dfm.precision import full_precision
+
 MODES = ("summation", "average", "linear", "softmax")
 
 
@@ -52,6 +54,7 @@ def splat(values: Tensor, flow: Tensor) -> Tensor:
     return out.view(b, c, h, w)
 
 
+@full_precision  # exp(Z) and the ratio of splatted sums lose too much in bf16
 def softsplat(
     image: Tensor,
     flow: Tensor,

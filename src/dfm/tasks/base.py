@@ -18,6 +18,7 @@ from dfm.config import check_values
 from dfm.diffusion import SPACINGS, NoiseSchedule
 from dfm.model import DFM, Regularizer
 from dfm.networks.dit import DiT
+from dfm.precision import PRECISIONS
 from dfm.samplers import SAMPLERS
 
 
@@ -72,9 +73,12 @@ class SampleConfig:
     temperature: float = 1.0  # scale of the initial noise
     num_samples: int = 500
     seed: int = 0
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (GPU only): the networks' precision (dfm.precision)
 
     def __post_init__(self) -> None:  # fail at config time, not after training
         check_values(self, "sample", positive=["steps", "num_samples"], non_negative=["eta", "temperature"])
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"sample.precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
         if self.sampler not in SAMPLERS:
             raise ValueError(f"sample.sampler must be one of {sorted(SAMPLERS)}, got {self.sampler!r}")
         if self.spacing not in SPACINGS:
@@ -83,6 +87,7 @@ class SampleConfig:
     def sampler_kwargs(self) -> dict[str, Any]:
         return dict(
             steps=self.steps, sampler=self.sampler, spacing=self.spacing, guidance=self.guidance, temperature=self.temperature, eta=self.eta,
+            precision=self.precision,
         )
 
 

@@ -42,6 +42,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
 from dfm.config import check_values
+from dfm.precision import PRECISIONS, autocast, check_precision
 from dfm.training.checkpoint import (
     Checkpoint,
     CheckpointError,
@@ -125,6 +126,7 @@ class TrainConfig:
     num_workers: int = 0
     seed: int = 0
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "mps"
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (CUDA only): autocast of the forward pass (dfm.precision)
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -134,6 +136,8 @@ class TrainConfig:
         )
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"train.optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"train.precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
         if self.device not in ("auto", "cpu", "cuda", "mps"):
             raise ValueError(f"train.device must be 'auto', 'cpu', 'cuda' or 'mps', got {self.device!r}")
 
@@ -256,7 +260,9 @@ class Trainer:
         # Without cpu=True, accelerate ignores torchrun's environment on a machine with no GPU and runs N
         # independent single-process trainings that overwrite each other's checkpoints.
         has_accelerator = torch.cuda.is_available() or torch.backends.mps.is_available()
-        self.accelerator = Accelerator(cpu=config.device == "cpu" or (config.device == "auto" and not has_accelerator))
+        cpu = config.device == "cpu" or (config.device == "auto" and not has_accelerator)
+        check_precision(config.precision, "cpu" if cpu else "cuda" if torch.cuda.is_available() else "mps", "train.precision")
+        self.accelerator = Accelerator(cpu=cpu)
         device = self.accelerator.device
         if config.device not in ("auto", "cpu") and device.type != config.device:
             raise RuntimeError(f"device {config.device!r} requested, but the available device is {device}")
@@ -265,6 +271,11 @@ class Trainer:
         optimizer = make_optimizer(model.parameters(), config, device.type)
         self.scheduler = LambdaLR(optimizer, lambda step: _lr_factor(step, config))
         self._train_model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        # Mixed precision is autocast around the forward pass (weights, optimiser state and the losses stay
+        # fp32) and, under fp16, a gradient scaler. Not accelerate's ``mixed_precision``: that is one
+        # setting per process (a second Accelerator with another value raises), and a process may train
+        # several models (tests, sweeps, a notebook).
+        self.scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
         self._ema = EMA(  # built after prepare so that every rank starts from rank 0's broadcast weights
             self.model,
             beta=config.ema_decay,
@@ -307,6 +318,7 @@ class Trainer:
                 "step": step,
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
                 "ema": {"step": int(self._ema.step), "initted": bool(self._ema.initted)},
                 "data": {"batches_seen": step, "batch_size": self.config.batch_size, "processes": len(rng)},
                 "rng": rng,
@@ -380,6 +392,8 @@ class Trainer:
         try:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
+            if state.get("scaler"):  # fp16 runs; a run that changes precision starts a fresh scale
+                self.scaler.load_state_dict(state["scaler"])
             self._ema.step.fill_(state["ema"]["step"])
             self._ema.initted.fill_(state["ema"]["initted"])
             rng, step = state["rng"], state["step"]
@@ -512,13 +526,17 @@ class Trainer:
             while step < cfg.steps:
                 batch = send_to_device(next(batches), device, non_blocking=True)
                 generator.manual_seed(_derive_seed(cfg.seed, "loss", rank, step))
-                losses = self._train_model(batch, generator=generator)
+                with autocast(cfg.precision, device):
+                    losses = self._train_model(batch, generator=generator)
                 keys = keys or _loss_keys(losses)
-                acc.backward(losses["loss"])
+                acc.backward(self.scaler.scale(losses["loss"]))
+                self.scaler.unscale_(self.optimizer)
                 grad_norm = acc.clip_grad_norm_(self._train_model.parameters(), clip)
                 *values, stop_flag = self._reduce(losses, keys, grad_norm, bool(stop))
                 named = dict(zip([*keys, "grad_norm"], values))
-                bad = ", ".join(f"{k}={v}" for k, v in named.items() if not math.isfinite(v))
+                # under fp16 an overflowing gradient is the scaler's business: it skips the update, lowers the scale
+                checked = keys if self.scaler.is_enabled() else named
+                bad = ", ".join(f"{k}={named[k]}" for k in checked if not math.isfinite(named[k]))
                 if bad:
                     last = f"last checkpoint: step {saved_step}" if saved_step is not None else "no checkpoint yet"
                     raise TrainingError(f"non-finite values at step {step + 1}: {bad} (update not applied, {last})")
@@ -529,7 +547,8 @@ class Trainer:
                     by = signal.Signals(stop[0]).name if stop else "a signal to another process"
                     raise TrainingInterrupted(f"stopped by {by} at step {step}; checkpoint saved in {self.out_dir}")
                 lr = self.optimizer.param_groups[0]["lr"]
-                self.optimizer.step()
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
                 self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 self._ema.update()

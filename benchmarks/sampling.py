@@ -1,0 +1,126 @@
+"""Seconds per sampling step and per sampled view of a 3-D scenes config on the CPU (default: ``scenes_paper``).
+
+Sampling one view runs the denoiser's context part once (the context views' encoding and O_det; twice
+under guidance: the conditional and the unconditional context) and then, at every sampler step, its
+per-step part (the noisy target's encoding, binding the field) and the forward model (rendering the
+whole target view). Each row times ``model.sample`` with 1 and with 1 + ``--extra`` steps on one
+batch of ``--batch`` views, so that
+
+    per step = (T(1 + extra) - T(1)) / extra,        per view at N steps = T(1) + (N - 1) * per step.
+
+"before split" hides the denoiser's split (it is called whole at every step, as before the engine's
+``ContextSplit``), "split" is what ``DFM.sample`` does now. Weights are the config's random
+initialisation: time does not depend on their values. Every configuration runs in a fresh process.
+
+    python benchmarks/sampling.py                                   # 64 and 128, guidance 1 and 2, fp32 and bf16
+    python benchmarks/sampling.py --resolutions 64 --guidance 2      # a part of the table
+    python benchmarks/sampling.py model.encoder.size=T model.field.width=64 --resolutions 32   # a tiny check
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import multiprocessing as mp
+import platform
+import shlex
+import sys
+import time
+import warnings
+
+import torch
+from torch import nn
+
+from dfm.cli import parse_with_overrides
+
+
+class Unsplit(nn.Module):
+    """A denoiser seen whole: the sampler calls it at every step (no ``encode_context``)."""
+
+    def __init__(self, denoiser: nn.Module):
+        super().__init__()
+        self.inner = denoiser
+
+    def forward(self, *args):
+        return self.inner(*args)
+
+
+def measure(config: str, overrides: list[str], resolution: int, guidance: float, precision: str, split: bool,
+            batch: int, extra: int, threads: int) -> dict:
+    """Times of ``model.sample`` with 1 and ``1 + extra`` steps (fresh process)."""
+    from dfm.cameras import intrinsics_from_fov, orbit
+    from dfm.runs import task_from_config
+
+    torch.set_num_threads(threads)
+    task = task_from_config(config, [*overrides, f"data.resolution={resolution}"])
+    cfg = task.cfg
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # LPIPS and such: sampling builds no loss terms
+        model = task.build_model(training=False).eval()
+    if not split:
+        model.denoiser = Unsplit(model.denoiser)
+    g = torch.Generator().manual_seed(0)
+    v = cfg.data.views.context_views
+    c2w, K = orbit(8, 3.2, 25.0), intrinsics_from_fov(45.0)
+    bounds = {"near": torch.full((batch,), cfg.data.near), "far": torch.full((batch,), cfg.data.far)}
+    ctxt = torch.rand(batch, v, 3, resolution, resolution, generator=g) * 2 - 1
+    ctxt_params = {"c2w": c2w[:v].expand(batch, v, 4, 4), "K": K.expand(batch, v, 3, 3)} | bounds
+    target = {"c2w": c2w[4].expand(batch, 4, 4), "K": K.expand(batch, 3, 3)} | bounds
+    times = {}
+    for steps in (1, 1 + extra):
+        start = time.perf_counter()
+        model.sample(ctxt, ctxt_params, target, (batch, 3, resolution, resolution), steps=steps, guidance=guidance,
+                     precision=precision, generator=torch.Generator().manual_seed(1))
+        times[steps] = time.perf_counter() - start
+    return dict(one=times[1], per_step=(times[1 + extra] - times[1]) / extra, threads=torch.get_num_threads())
+
+
+def in_child(*args) -> dict:
+    with mp.get_context("spawn").Pool(1) as pool:
+        return pool.apply(measure, args)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("overrides", nargs="*", help="key=value config overrides")
+    p.add_argument("--config", default="scenes_paper", help="config file or built-in name (default: scenes_paper)")
+    p.add_argument("--resolutions", default="64,128", help="comma-separated image sizes (default: 64,128)")
+    p.add_argument("--guidance", default="1,2", help="comma-separated guidance weights (default: 1,2; 1 = none)")
+    p.add_argument("--precision", default="fp32,bf16", help="comma-separated precisions (default: fp32,bf16)")
+    p.add_argument("--batch", type=int, default=1, help="views sampled at once (default: 1)")
+    p.add_argument("--extra", type=int, default=1, help="steps beyond the first, for the per-step time (default: 1)")
+    p.add_argument("--steps", type=int, default=50, help="sampler steps of the per-view column (default: 50)")
+    p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default: 2)")
+    args = parse_with_overrides(p)
+    split = lambda text, kind: [kind(x) for x in text.split(",") if x]  # noqa: E731
+    resolutions, guidances, precisions = split(args.resolutions, int), split(args.guidance, float), split(args.precision, str)
+    if any(v not in ("fp32", "bf16") for v in precisions):
+        p.error(f"--precision takes fp32 and/or bf16 on a CPU, got {args.precision!r}")
+    if args.extra < 1 or args.batch < 1 or args.steps < 1:
+        p.error("--extra, --batch and --steps must be at least 1")
+
+    print("Command: `" + " ".join(["python benchmarks/sampling.py", *map(shlex.quote, sys.argv[1:])]) + "`")
+    rows = []
+    for r, w, precision in itertools.product(resolutions, guidances, precisions):
+        cells = {}
+        for splitting in (False, True):
+            print(f"measuring {r}x{r}, guidance {w:g}, {precision}, {'split' if splitting else 'before split'} ...", file=sys.stderr, flush=True)
+            cells[splitting] = in_child(args.config, args.overrides, r, w, precision, splitting, args.batch, args.extra, args.threads)
+        rows.append((r, w, precision, cells))
+
+    n = args.steps
+    print(f"\n{args.config}, batch {args.batch}, DDIM; per step from 1 and {1 + args.extra} steps; {platform.machine()}, "
+          f"{rows[0][3][True]['threads']} torch threads, torch {torch.__version__}; overrides: {args.overrides or 'none'}\n")
+    print(f"| resolution | guidance | precision | s / step, before split | s / step, split | s / view at {n} steps, before | "
+          f"s / view at {n} steps, split | speed-up over fp32 before split |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|")
+    per_view = lambda c: c["one"] + (n - 1) * c["per_step"]  # noqa: E731
+    base = {(r, w): per_view(c[False]) for r, w, precision, c in rows if precision == "fp32"}
+    for r, w, precision, c in rows:
+        speedup = f"{base[r, w] / per_view(c[True]):.2f}x" if (r, w) in base else ""
+        print(f"| {r}x{r} | {w:g} | {precision} | {c[False]['per_step']:.2f} | {c[True]['per_step']:.2f} | "
+              f"{per_view(c[False]):.0f} | {per_view(c[True]):.0f} | {speedup} |")
+
+
+if __name__ == "__main__":
+    main()

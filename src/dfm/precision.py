@@ -1,0 +1,54 @@
+"""Mixed precision: which parts of a step run in bf16 / fp16, and which must stay in fp32.
+
+``train.precision`` and ``sample.precision`` name one of :data:`PRECISIONS`. Under ``bf16`` or ``fp16`` the
+networks' matrix products and convolutions run in that type through ``torch.autocast`` (the trainer
+adds a gradient scaler under fp16); weights, optimiser state,
+the noise schedule, the sampler's updates and the loss reductions stay in fp32. Code whose accuracy a
+low-precision input would ruin (transmittance products along rays, softmax splatting's exponentials)
+runs under :func:`full_precision`.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any, TypeVar
+
+import torch
+from torch import Tensor
+
+PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def check_precision(precision: str, device: torch.device | str, where: str) -> None:
+    """ValueError unless ``precision`` is known and runs on ``device`` (fp16 autocast needs a GPU: CPUs
+    have no fast fp16 matmul, and fp16's narrow range needs the gradient scaler CUDA training uses)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"{where} must be one of {sorted(PRECISIONS)}, got {precision!r}")
+    if precision == "fp16" and torch.device(device).type != "cuda":
+        raise ValueError(f"{where}=fp16 needs a CUDA device (got {torch.device(device).type}); use bf16 on a CPU")
+
+
+def autocast(precision: str, device: torch.device | str) -> AbstractContextManager:
+    """A context in which the networks run at ``precision`` on ``device`` (fp32: nothing changes)."""
+    dtype = PRECISIONS[precision]
+    return torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype is not None)
+
+
+def full_precision(fn: F) -> F:
+    """Run ``fn`` in fp32 whatever the surrounding autocast: autocast off, half-precision tensor arguments
+    (a network's outputs under autocast) cast to float32; float32 and float64 ones pass as they are."""
+
+    def lift(x: Any) -> Any:
+        return x.float() if isinstance(x, Tensor) and x.dtype in (torch.bfloat16, torch.float16) else x
+
+    @functools.wraps(fn)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        device = next((a.device.type for a in [*args, *kwargs.values()] if isinstance(a, Tensor)), "cpu")
+        with torch.autocast(device, enabled=False):
+            return fn(*map(lift, args), **{k: lift(v) for k, v in kwargs.items()})
+
+    return wrapped  # type: ignore[return-value]
