@@ -65,14 +65,14 @@ def classify_directions(flow: torch.Tensor, scenes, generator: SpriteMotion, min
     return out
 
 
-def evaluate(model, scenes, generator: SpriteMotion, samples: int, steps: int, min_pixels: int, chunk: int) -> dict:
+def evaluate(model, scenes, generator: SpriteMotion, samples: int, steps: int, min_pixels: int, chunk: int, precision: str = "fp32") -> dict:
     frames = torch.stack([s.frames[0] for s in scenes])
     truth = torch.stack([s.frames[1] for s in scenes])
     nexts, flows = [], []
     start = time.perf_counter()
     per_chunk = max(1, chunk // samples)
     for i in range(0, len(scenes), per_chunk):
-        n, motion = sample_motions(model, frames[i : i + per_chunk], samples, seed=i, steps=steps)
+        n, motion = sample_motions(model, frames[i : i + per_chunk], samples, seed=i, steps=steps, precision=precision)
         nexts.append(n)
         flows.append(motion.flow)
     seconds = time.perf_counter() - start
@@ -116,6 +116,7 @@ def main() -> None:
     p.add_argument("--chunk", type=int, default=256, help="samples drawn at once")
     p.add_argument("--seed", type=int, default=10_000, help="seed of the held-out scenes (training used 0)")
     p.add_argument("--docs", default="docs", help="where the figures go")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="of the networks while sampling (default: fp32)")
     args = p.parse_args()
     torch.set_grad_enabled(False)
 
@@ -125,17 +126,17 @@ def main() -> None:
     generator = SpriteMotion(**{k: v for k, v in params.items() if k in SpriteMotion.__dataclass_fields__})
     scenes = held_out_scenes(generator, args.scenes, args.seed)
 
-    rows = {"DFM": evaluate(dfm, scenes, generator, args.samples, args.steps, args.min_pixels, args.chunk)}
+    rows = {"DFM": evaluate(dfm, scenes, generator, args.samples, args.steps, args.min_pixels, args.chunk, args.precision)}
     if Path(args.baseline).exists():
         _, baseline = load_trained(args.baseline)
-        rows["regression baseline"] = evaluate(baseline, scenes, generator, args.samples, args.steps, args.min_pixels, args.chunk)
+        rows["regression baseline"] = evaluate(baseline, scenes, generator, args.samples, args.steps, args.min_pixels, args.chunk, args.precision)
     frames = torch.stack([s.frames[0] for s in scenes])
     truth = torch.stack([s.frames[1] for s in scenes])
     still = psnr(frames, truth).mean().item()
 
     n = args.samples
     print(f"{args.scenes} held-out scenes x {n} samples, {rows['DFM']['sprites']} visible sprites, "
-          f"{generator.directions} directions, DDIM {args.steps} steps; {platform.processor() or platform.machine()}, "
+          f"{generator.directions} directions, DDIM {args.steps} steps, {args.precision}; {platform.processor() or platform.machine()}, "
           f"{torch.get_num_threads()} threads\n")
     print(f"| model | best-of-{n} PSNR | sample PSNR | mean-sample PSNR | direction TV | still | distinct directions / sprite | TV, any length | s / sample |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -143,7 +144,7 @@ def main() -> None:
         print(f"| {name} | {r['best_of_n']:.2f} | {r['single']:.2f} | {r['mean_sample']:.2f} | {r['tv']:.3f} | "
               f"{r['still']:.2f} | {r['distinct']:.2f} of {n} | {r['tv_any_length']:.3f} | {r['seconds_per_sample']:.3f} |")
     print(f"| no motion (the first frame) | {still:.2f} | {still:.2f} | {still:.2f} | | | | | |")
-    print("\nreproduce: python benchmarks/motion.py " + f"--dfm {args.dfm} --baseline {args.baseline} --scenes {args.scenes} --samples {n}")
+    print("\nreproduce: python benchmarks/motion.py " + f"--dfm {args.dfm} --baseline {args.baseline} --scenes {args.scenes} --samples {n} --precision {args.precision}")
 
     docs = Path(args.docs)
     names = [*(["right", "up", "left", "down"] if generator.directions == 4 else [f"{round(360 * i / generator.directions)}°" for i in range(generator.directions)]), "still"]

@@ -39,9 +39,9 @@ SAMPLERS = {
 }
 
 
-def evaluate(model: DFM, data, sampler: str | None) -> dict:
+def evaluate(model: DFM, data, sampler: str | None, precision: str) -> dict:
     start = time.perf_counter()
-    samples = sample_signals(model, data, **(SAMPLERS[sampler] if sampler else {}))
+    samples = sample_signals(model, data, precision=precision, **(SAMPLERS[sampler] if sampler else {}))
     return {**posterior_distances(samples, data), "sample_s": time.perf_counter() - start, "samples": samples}
 
 
@@ -55,7 +55,7 @@ def run_problem(problem: str, args: argparse.Namespace) -> list[dict]:
     exact = DFM(ExactDenoiser(base.problem, schedule), LinearProjection(), schedule, p_uncond=0.0)
     # the manifold's exact denoiser integrates over a 16k-point grid: ~70 s per 50-step run, so fewer rows
     for sampler in SAMPLERS if problem == "gmm" else ["DDIM 50", "DPM++2M 10, karras"]:
-        rows.append({"method": f"exact denoiser, {sampler}", **evaluate(exact, data, sampler)})
+        rows.append({"method": f"exact denoiser, {sampler}", **evaluate(exact, data, sampler, args.precision)})
 
     variants = {
         "DFM": [],
@@ -66,14 +66,16 @@ def run_problem(problem: str, args: argparse.Namespace) -> list[dict]:
         variants["DFM, plain MLP (no preconditioning)"] = ["model.precondition=false"]
     for name, overrides in variants.items():
         run_dir = f"{args.out}/{problem}/{name.split(' (')[0].replace(' ', '_').replace(',', '')}"
-        task = task_from_config(f"toy_{problem}", [f"out_dir={run_dir}", f"train.steps={args.steps}", *overrides])
+        task = task_from_config(
+            f"toy_{problem}", [f"out_dir={run_dir}", f"train.steps={args.steps}", f"train.precision={args.precision}", *overrides],
+        )
         shutil.rmtree(run_dir, ignore_errors=True)  # always measure a fresh training run
         trainer, stats = train(task, progress=args.progress)
         model = trainer.ema_model.eval()
         info = {"train_steps": stats["step"], "train_s": stats["seconds"]}
         samplers = [None] if task.cfg.objective.deterministic else (["DDIM 50", "DPM++2M 10, karras"] if name == "DFM" else ["DDIM 50"])
         for sampler in samplers:
-            rows.append({"method": name + (f", {sampler}" if sampler else ""), **info, **evaluate(model, data, sampler)})
+            rows.append({"method": name + (f", {sampler}" if sampler else ""), **info, **evaluate(model, data, sampler, args.precision)})
 
     dfm_row = next(r for r in rows if r["method"] == "DFM, DDIM 50")
     image = np.concatenate(
@@ -107,6 +109,7 @@ def main() -> None:
     p.add_argument("--regressor-steps", type=int, default=2000)
     p.add_argument("--plain-mlp", action="store_true", help="also train the unpreconditioned MLP (ablation)")
     p.add_argument("--out", default="outputs/bench_posterior")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="of training and sampling (default: fp32)")
     p.add_argument("--progress", action="store_true")
     args = p.parse_args()
     if args.steps is None:
@@ -116,7 +119,7 @@ def main() -> None:
     report = [
         "Command: `python " + " ".join(shlex.quote(a) for a in sys.argv) + "`",
         f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
-        f"{platform.processor() or platform.platform()}",
+        f"{platform.processor() or platform.platform()}; precision {args.precision} (training and sampling)",
         "",
     ]
     results = {}

@@ -3,14 +3,17 @@
 Sampling one view runs the denoiser's context part once (the context views' encoding and O_det; twice
 under guidance: the conditional and the unconditional context) and then, at every sampler step, its
 per-step part (the noisy target's encoding, binding the field) and the forward model (rendering the
-whole target view). Each row times ``model.sample`` with 1 and with 1 + ``--extra`` steps on one
-batch of ``--batch`` views, so that
+whole target view). The sampler's own arithmetic is negligible beside them, so the benchmark times the
+parts themselves, as ``DFM.sample`` calls them (``dfm.model.GuidedX0``), on one batch of ``--batch``
+views: the context part (building ``GuidedX0``) and ``--repeats`` calls of one step's clean estimate
+(after one untimed call), and reports
 
-    per step = (T(1 + extra) - T(1)) / extra,        per view at N steps = T(1) + (N - 1) * per step.
+    s / step = the mean step call,       s / view at N steps = context part + N * s / step.
 
 "before split" hides the denoiser's split (it is called whole at every step, as before the engine's
-``ContextSplit``), "split" is what ``DFM.sample`` does now. Weights are the config's random
-initialisation: time does not depend on their values. Every configuration runs in a fresh process.
+``ContextSplit``: its context part is then inside every step), "split" is what ``DFM.sample`` does now.
+Weights are the config's random initialisation: time does not depend on their values. Every
+configuration runs in a fresh process.
 
     python benchmarks/sampling.py                                   # 64 and 128, guidance 1 and 2, fp32 and bf16
     python benchmarks/sampling.py --resolutions 64 --guidance 2      # a part of the table
@@ -27,6 +30,7 @@ import shlex
 import sys
 import time
 import warnings
+from concurrent.futures import ProcessPoolExecutor
 
 import torch
 from torch import nn
@@ -46,9 +50,10 @@ class Unsplit(nn.Module):
 
 
 def measure(config: str, overrides: list[str], resolution: int, guidance: float, precision: str, split: bool,
-            batch: int, extra: int, threads: int) -> dict:
-    """Times of ``model.sample`` with 1 and ``1 + extra`` steps (fresh process)."""
+            batch: int, repeats: int, threads: int) -> dict:
+    """Seconds of the context part and of one step's clean estimate (fresh process)."""
     from dfm.cameras import intrinsics_from_fov, orbit
+    from dfm.model import GuidedX0
     from dfm.runs import task_from_config
 
     torch.set_num_threads(threads)
@@ -66,18 +71,24 @@ def measure(config: str, overrides: list[str], resolution: int, guidance: float,
     ctxt = torch.rand(batch, v, 3, resolution, resolution, generator=g) * 2 - 1
     ctxt_params = {"c2w": c2w[:v].expand(batch, v, 4, 4), "K": K.expand(batch, v, 3, 3)} | bounds
     target = {"c2w": c2w[4].expand(batch, 4, 4), "K": K.expand(batch, 3, 3)} | bounds
-    times = {}
-    for steps in (1, 1 + extra):
+    x = torch.randn(batch, 3, resolution, resolution, generator=g)
+    t = torch.tensor(500.0)
+    with torch.no_grad():
         start = time.perf_counter()
-        model.sample(ctxt, ctxt_params, target, (batch, 3, resolution, resolution), steps=steps, guidance=guidance,
-                     precision=precision, generator=torch.Generator().manual_seed(1))
-        times[steps] = time.perf_counter() - start
-    return dict(one=times[1], per_step=(times[1 + extra] - times[1]) / extra, threads=torch.get_num_threads())
+        x0_fn = GuidedX0(model, ctxt, ctxt_params, target, guidance, precision)
+        context = time.perf_counter() - start
+        x0_fn(x, t)  # untimed: first-call allocations
+        start = time.perf_counter()
+        for _ in range(repeats):
+            x0_fn(x, t)
+        per_step = (time.perf_counter() - start) / repeats
+    return dict(context=context, per_step=per_step, threads=torch.get_num_threads())
 
 
 def in_child(*args) -> dict:
-    with mp.get_context("spawn").Pool(1) as pool:
-        return pool.apply(measure, args)
+    """``measure(*args)`` in a fresh process; a child killed (e.g. out of memory) raises BrokenProcessPool, no hang."""
+    with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
+        return pool.submit(measure, *args).result()
 
 
 def main() -> None:
@@ -88,7 +99,7 @@ def main() -> None:
     p.add_argument("--guidance", default="1,2", help="comma-separated guidance weights (default: 1,2; 1 = none)")
     p.add_argument("--precision", default="fp32,bf16", help="comma-separated precisions (default: fp32,bf16)")
     p.add_argument("--batch", type=int, default=1, help="views sampled at once (default: 1)")
-    p.add_argument("--extra", type=int, default=1, help="steps beyond the first, for the per-step time (default: 1)")
+    p.add_argument("--repeats", type=int, default=2, help="timed step calls (default: 2)")
     p.add_argument("--steps", type=int, default=50, help="sampler steps of the per-view column (default: 50)")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default: 2)")
     args = parse_with_overrides(p)
@@ -96,8 +107,8 @@ def main() -> None:
     resolutions, guidances, precisions = split(args.resolutions, int), split(args.guidance, float), split(args.precision, str)
     if any(v not in ("fp32", "bf16") for v in precisions):
         p.error(f"--precision takes fp32 and/or bf16 on a CPU, got {args.precision!r}")
-    if args.extra < 1 or args.batch < 1 or args.steps < 1:
-        p.error("--extra, --batch and --steps must be at least 1")
+    if args.repeats < 1 or args.batch < 1 or args.steps < 1:
+        p.error("--repeats, --batch and --steps must be at least 1")
 
     print("Command: `" + " ".join(["python benchmarks/sampling.py", *map(shlex.quote, sys.argv[1:])]) + "`")
     rows = []
@@ -105,20 +116,20 @@ def main() -> None:
         cells = {}
         for splitting in (False, True):
             print(f"measuring {r}x{r}, guidance {w:g}, {precision}, {'split' if splitting else 'before split'} ...", file=sys.stderr, flush=True)
-            cells[splitting] = in_child(args.config, args.overrides, r, w, precision, splitting, args.batch, args.extra, args.threads)
+            cells[splitting] = in_child(args.config, args.overrides, r, w, precision, splitting, args.batch, args.repeats, args.threads)
         rows.append((r, w, precision, cells))
 
     n = args.steps
-    print(f"\n{args.config}, batch {args.batch}, DDIM; per step from 1 and {1 + args.extra} steps; {platform.machine()}, "
+    print(f"\n{args.config}, batch {args.batch}; mean of {args.repeats} step calls after one untimed; {platform.machine()}, "
           f"{rows[0][3][True]['threads']} torch threads, torch {torch.__version__}; overrides: {args.overrides or 'none'}\n")
-    print(f"| resolution | guidance | precision | s / step, before split | s / step, split | s / view at {n} steps, before | "
-          f"s / view at {n} steps, split | speed-up over fp32 before split |")
-    print("|---|---:|---|---:|---:|---:|---:|---:|")
-    per_view = lambda c: c["one"] + (n - 1) * c["per_step"]  # noqa: E731
+    print(f"| resolution | guidance | precision | s / step, before split | s / step, split | context part, split (s) | "
+          f"s / view at {n} steps, before | s / view at {n} steps, split | speed-up over fp32 before split |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|")
+    per_view = lambda c: c["context"] + n * c["per_step"]  # noqa: E731
     base = {(r, w): per_view(c[False]) for r, w, precision, c in rows if precision == "fp32"}
     for r, w, precision, c in rows:
         speedup = f"{base[r, w] / per_view(c[True]):.2f}x" if (r, w) in base else ""
-        print(f"| {r}x{r} | {w:g} | {precision} | {c[False]['per_step']:.2f} | {c[True]['per_step']:.2f} | "
+        print(f"| {r}x{r} | {w:g} | {precision} | {c[False]['per_step']:.2f} | {c[True]['per_step']:.2f} | {c[True]['context']:.2f} | "
               f"{per_view(c[False]):.0f} | {per_view(c[True]):.0f} | {speedup} |")
 
 

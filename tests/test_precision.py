@@ -6,6 +6,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from test_trainer import CONFIG, Items, Regression, states_equal
 
 from dfm.precision import autocast, check_precision, full_precision
 from dfm.rendering import composite
@@ -13,7 +14,6 @@ from dfm.runs import task_from_config, train
 from dfm.tasks.base import SampleConfig
 from dfm.tasks.toy import held_out, sample_signals
 from dfm.training import TrainConfig, Trainer, load_checkpoint
-from test_trainer import CONFIG, Items, Regression, states_equal
 
 
 def test_full_precision_runs_in_fp32_under_autocast():
@@ -82,7 +82,7 @@ def test_bf16_toy_training_and_sampling_follow_fp32(tmp_path):
     """Stated tolerances: over 300 steps the last 100 steps' mean loss within 5% of fp32's, and samples
     of the same seed within 0.05 of fp32's (mean absolute difference; the signal has scale ~1)."""
     loss32, task, model32 = toy_run(tmp_path, "fp32")
-    loss16, _, model16 = toy_run(tmp_path, "bf16")
+    loss16, _, _ = toy_run(tmp_path, "bf16")
     assert abs(loss16 - loss32) <= 0.05 * loss32, (loss16, loss32)
     data = held_out(task.problem, contexts=4, samples=100)
     s32 = sample_signals(model32, data, seed=0, steps=20)

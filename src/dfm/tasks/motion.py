@@ -227,7 +227,7 @@ class MotionTask(Task):
         GIF and an MP4 of the frame moving along the sampled motion."""
         s = self.cfg.sample
         frames, truth = self.test_frames(self.cfg.sample_inputs)
-        nexts, motion = sample_motions(model, frames, s.num_samples, seed=s.seed, **s.sampler_kwargs())
+        nexts, motion = sample_motions(model, frames, s.num_samples, seed=s.seed, progress=True, **s.sampler_kwargs())
         out_dir.mkdir(parents=True, exist_ok=True)
         written = [save_image(motion_panel(frames, truth, nexts, motion.flow), out_dir / "motions.png")]
         torch.save({"frames": frames, "truth": truth, "samples": nexts, "flow": motion.flow, "metric": motion.metric}, out_dir / "samples.pt")

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
+from tqdm.auto import tqdm
 
 from dfm.cameras import image_rays, orbit
 from dfm.config import check_values
@@ -383,13 +384,13 @@ class ScenesTask(Task):
         (the first the context); per sample an orbit of RGB beside depth as GIF and MP4, and a coloured
         point cloud (``.ply``) from those views; ``NAME.pt`` holds the sampled target views."""
         r = self.cfg.data.resolution
-        views = render_views(model, sample, c2w, K, r)
+        views = render_views(model, sample, c2w, K, r, progress=f"{name}: rendering the views")
         out_dir.mkdir(parents=True, exist_ok=True)
         written = [save_image(scene_grid(truth, views["rgb"]), out_dir / f"{name}.png")]
         torch.save({"samples": sample.observation.cpu(), "views": views["rgb"]}, out_dir / f"{name}.pt")
         written.append(out_dir / f"{name}.pt")
         path = orbit_like(c2w[0], self.cfg.video_frames)
-        orbits = render_views(model, sample, path, K[:1].expand(len(path), 3, 3), self.cfg.video_resolution)
+        orbits = render_views(model, sample, path, K[:1].expand(len(path), 3, 3), self.cfg.video_resolution, progress=f"{name}: rendering the orbit")
         near, far = self.cfg.data.near, self.cfg.data.far
         for j in range(len(sample.observation)):
             frames = [
@@ -443,14 +444,14 @@ def sample_autoregressive(
 
 
 @torch.no_grad()
-def render_views(model: DFM, sample: Sample, c2w: Tensor, K: Tensor, resolution: int) -> dict[str, Tensor]:
+def render_views(model: DFM, sample: Sample, c2w: Tensor, K: Tensor, resolution: int, progress: str | None = None) -> dict[str, Tensor]:
     """Every sampled scene (N) from every camera ``(V, 4, 4)``, ``(V, 3, 3)``: ``rgb`` ``(N, V, 3, r, r)``,
-    ``depth`` (ray distance) and ``opacity`` ``(N, V, 1, r, r)``, on the CPU."""
+    ``depth`` (ray distance) and ``opacity`` ``(N, V, 1, r, r)``, on the CPU. ``progress``: a progress bar's label."""
     renderer: VolumeRenderer = model.forward_model
     device = next(model.parameters()).device
     n, scene = len(sample.observation), sample.signal
     out = {"rgb": [], "depth": [], "opacity": []}
-    for cam, k in zip(c2w.to(device), K.to(device)):
+    for cam, k in tqdm(list(zip(c2w.to(device), K.to(device))), desc=progress, disable=progress is None, leave=False):
         cameras = {"c2w": cam.expand(n, 4, 4), "K": k.expand(n, 3, 3)}
         rendered = renderer.render(scene.field, scene.coarse_field, cameras, scene.near, scene.far, resolution)
         for key, name in (("rgb", "observation"), ("depth", "depth"), ("opacity", "opacity")):
