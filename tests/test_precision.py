@@ -8,7 +8,7 @@ import pytest
 import torch
 from test_trainer import CONFIG, Items, Regression, states_equal
 
-from dfm.precision import autocast, check_precision, full_precision
+from dfm.precision import autocast, check_precision, full_precision, to_fp32
 from dfm.rendering import composite
 from dfm.runs import task_from_config, train
 from dfm.tasks.base import SampleConfig
@@ -27,6 +27,30 @@ def test_full_precision_runs_in_fp32_under_autocast():
         out, y = f(x, y=x)
     assert out.dtype == y.dtype == torch.float32  # ... but not inside, and half inputs arrive as fp32
     torch.testing.assert_close(out, x.float() @ x.float().T)
+
+
+def test_to_fp32_reaches_every_tensor_of_a_signal():
+    from dataclasses import dataclass
+    from functools import partial
+    from typing import NamedTuple
+
+    class Pair(NamedTuple):
+        a: torch.Tensor
+        b: list
+
+    @dataclass
+    class Box:
+        x: torch.Tensor
+        name: str = "box"
+
+    half = torch.ones(2, dtype=torch.bfloat16)
+    signal = Pair(half, [half, {"k": half, "i": torch.ones(2, dtype=torch.long)}])
+    out = to_fp32((signal, Box(half), partial(torch.add, half, other=half), torch.ones(1, dtype=torch.float64)))
+    (pair, box, bound, double) = out
+    assert isinstance(pair, Pair) and pair.a.dtype == pair.b[0].dtype == pair.b[1]["k"].dtype == torch.float32
+    assert pair.b[1]["i"].dtype == torch.long and double.dtype == torch.float64  # only half types change
+    assert isinstance(box, Box) and box.x.dtype == torch.float32 and box.name == "box"
+    assert bound().dtype == torch.float32 and bound.keywords["other"].dtype == torch.float32
 
 
 def test_compositing_stays_fp32_under_bf16():

@@ -344,3 +344,5 @@ def test_bf16_training_and_sampling_follow_fp32(data, tmp_path):
     samples = {p: sample_scene(model, *task.context_of(scene), task.target_camera(scene), 2, steps=3, precision=p) for p in runs}
     difference = (samples["bf16"].observation - samples["fp32"].observation).abs().mean()
     assert samples["bf16"].observation.dtype == torch.float32 and 0 < difference < 0.05, difference
+    views = render_views(model, samples["bf16"], scene.c2w[:2], scene.K[:2], 8)  # the sampled scene renders outside autocast
+    assert views["rgb"].dtype == torch.float32 and views["rgb"].isfinite().all()

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from dfm.config import check_values
 from dfm.diffusion import NoiseSchedule
-from dfm.precision import autocast, check_precision
+from dfm.precision import autocast, check_precision, to_fp32
 from dfm.samplers import SAMPLERS
 
 Batch = Mapping[str, Any]
@@ -223,7 +223,7 @@ class DFM(nn.Module):
             raise ValueError(f"unknown sampler {sampler!r}; available: {sorted(SAMPLERS)}")
         if self.deterministic:
             with autocast(precision, device):
-                signal, _ = denoised(self.denoiser(ctxt_obs, ctxt_params, *self.blind_target(shape, device, ctxt_obs.dtype), trgt_params))
+                signal = to_fp32(denoised(self.denoiser(ctxt_obs, ctxt_params, *self.blind_target(shape, device, ctxt_obs.dtype), trgt_params))[0])
                 obs = observation(self.forward_model(signal, trgt_params))
             out = Sample(obs.float(), signal)
         else:
@@ -260,7 +260,8 @@ class GuidedX0:
 
     The denoiser's context part (:class:`ContextSplit`) is computed here, once for the conditional and
     once for the unconditional branch, and each step runs only its per-step part. Both run at
-    ``precision``; the clean estimate handed to the sampler is fp32."""
+    ``precision``; the signal (:func:`dfm.precision.to_fp32`) and the clean estimate handed to the
+    sampler are fp32."""
 
     def __init__(self, model: DFM, ctxt_obs: Tensor, ctxt_params: Any, trgt_params: Any, guidance: float, precision: str = "fp32"):
         self.model, self.trgt_params, self.guidance = model, trgt_params, guidance
@@ -275,7 +276,7 @@ class GuidedX0:
     def _observe(self, context: Any, x: Tensor, t: Tensor) -> tuple[Any, Tensor]:
         t = t.to(x.device).expand(x.shape[0])
         with self.autocast():
-            signal, _ = denoised(self.denoise(context, x, t, self.trgt_params))
+            signal = to_fp32(denoised(self.denoise(context, x, t, self.trgt_params))[0])
             obs = observation(self.model.forward_model(signal, self.trgt_params))
         return signal, obs.float()
 

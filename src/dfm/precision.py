@@ -10,6 +10,7 @@ runs under :func:`full_precision`.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -52,3 +53,22 @@ def full_precision(fn: F) -> F:
             return fn(*map(lift, args), **{k: lift(v) for k, v in kwargs.items()})
 
     return wrapped  # type: ignore[return-value]
+
+
+def to_fp32(obj: Any) -> Any:
+    """``obj`` with its half-precision tensors cast to float32, through tuples (named too), lists, dicts,
+    dataclasses and ``functools.partial`` (a field bound to its conditioning): what sampling returns is
+    then usable outside autocast whatever precision produced it."""
+    if isinstance(obj, Tensor):
+        return obj.float() if obj.dtype in (torch.bfloat16, torch.float16) else obj
+    if isinstance(obj, functools.partial):
+        return functools.partial(obj.func, *map(to_fp32, obj.args), **{k: to_fp32(v) for k, v in obj.keywords.items()})
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):
+        return type(obj)(*map(to_fp32, obj))
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(map(to_fp32, obj))
+    if isinstance(obj, dict):
+        return {k: to_fp32(v) for k, v in obj.items()}
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.replace(obj, **{f.name: to_fp32(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.init})
+    return obj
