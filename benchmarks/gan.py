@@ -1,17 +1,22 @@
-"""GAN inversion from a small patch on held-out generator samples: DFM beside latent optimisation.
+"""GAN inversion from a small noisy patch: DFM against the exact posterior, latent optimisation and the prior.
 
-For every held-out image (a truncated generator sample; one visible square patch) each method
-produces latents, rendered at the observation resolution. Reported:
+The generator is known and the patch carries Gaussian noise of the task's ``patch_noise``, so
+p(latent | patch) is known up to a constant (``GanTask.log_posterior``). HMC samples it for every held-out
+patch (``--chains`` independent chains from prior draws, adapted during ``--warmup`` steps): the final
+states of the first half of the chains are the reference set A, those of the second half an independent
+exact set B. Every method gives ``N = chains / 2`` latents per patch (DFM samples, optimisation restarts,
+prior draws), so that all energy distances have the same sample-size bias, and is scored against A:
 
-- patch PSNR: agreement with the visible patch (images in [-1, 1], peak-to-peak 2);
-- diversity: mean pairwise RMS distance between the samples of one input outside the patch
-  (images in [0, 1]); the optimisation baseline gets one latent per start, so its "diversity" is
-  between independent random starts;
-- mean-to-truth: RMS distance between the mean of the samples and the true image, outside the patch;
-- wall time per sample (sampling is batched over all inputs; so is the optimisation).
-A reference row draws latents from the prior, ignoring the patch.
+- posterior ratio: the energy distance (``dfm.metrics.energy_distance``) between the method's images and
+  set A, averaged over patches, divided by that of set B (the floor: 1 = as good as exact samples), on
+  the patch's pixels and on the rest of the image;
+- patch PSNR: agreement with the true image on the patch (images in [-1, 1], peak-to-peak 2);
+- diversity: mean pairwise RMS distance between the images of one patch, outside it ([0, 1] units);
+- latent norm: mean and standard deviation of |latent| (the prior's row is the typical set);
+- s / sample (sampling is batched over all patches; so are MCMC and the optimisation).
 
-Writes ``docs/gan_samples.png`` (patch, truth, DFM samples) and ``docs/gan_inversions.png``.
+Convergence diagnostics of the reference: split-R-hat and ESS over the kept draws of every noise
+coordinate and of an image statistic (the mean of each image outside the patch), and the acceptance rate.
 
     python benchmarks/gan.py --dfm runs/gan_faces
 """
@@ -21,84 +26,131 @@ from __future__ import annotations
 import argparse
 import itertools
 import platform
+import shlex
+import sys
 import time
 from pathlib import Path
 
 import torch
 
-from dfm.generators import truncated_latents
+from dfm.mcmc import effective_sample_size, split_rhat
+from dfm.metrics.distances import energy_distance
 from dfm.runs import load_trained
 from dfm.visualize import save_image
 
 
-def scores(task, latents: torch.Tensor, data: dict[str, torch.Tensor]) -> dict[str, float]:
-    """``latents`` (B, N, D) for the held-out ``data``: patch PSNR, diversity, mean-to-truth."""
-    b, n = latents.shape[:2]
+def images_of(task, latents: torch.Tensor) -> torch.Tensor:
+    """``latents`` (B, N, D) -> images (B, N, 3, r, r) at the observation resolution."""
     with torch.no_grad():
-        images = task.observe(task.cfg.resolution)(latents.flatten(0, 1)).view(b, n, 3, *data["trgt_obs"].shape[-2:])
+        images = task.observe(task.cfg.resolution)(latents.flatten(0, 1))
+    return images.view(*latents.shape[:2], *images.shape[1:])
+
+
+def scores(images: torch.Tensor, latents: torch.Tensor, data: dict, reference: torch.Tensor) -> dict[str, float]:
+    """Scores of ``images`` (B, N, 3, r, r) of ``latents`` (B, N, D) against the true images and the posterior
+    ``reference`` images (B, N, 3, r, r)."""
     truth, mask = data["trgt_obs"][:, None], data["ctxt_obs"][:, None, 3:]
-    inside = mask.expand_as(images)
+    inside, outside = mask.expand_as(images).bool(), (1 - mask).expand_as(images).bool()
     mse_patch = ((images - truth) ** 2 * inside).sum((2, 3, 4)) / inside.sum((2, 3, 4))
-    outside = (1 - mask).expand_as(images[:, :1])[:, 0]
     to01 = (images + 1) / 2
 
     def rms_outside(a: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        return (((a - c) ** 2 * outside).sum((1, 2, 3)) / outside.sum((1, 2, 3))).sqrt()
+        return (((a - c) ** 2 * outside[:, 0]).sum((1, 2, 3)) / outside[:, 0].sum((1, 2, 3))).sqrt()
 
-    pairs = list(itertools.combinations(range(n), 2))
-    diversity = torch.stack([rms_outside(to01[:, i], to01[:, j]) for i, j in pairs]).mean() if pairs else torch.tensor(float("nan"))
+    pairs = list(itertools.combinations(range(images.shape[1]), 2))
+    diversity = torch.stack([rms_outside(to01[:, i], to01[:, j]) for i, j in pairs]).mean()
+    distance = {
+        region: torch.stack([
+            energy_distance(images[b][:, where[b, 0]], reference[b][:, where[b, 0]]) for b in range(len(images))
+        ]).mean().item()
+        for region, where in (("patch", inside), ("outside", outside))
+    }
+    norms = latents.flatten(0, 1).norm(dim=-1)
     return dict(
-        patch_psnr=(10 * torch.log10(4 / mse_patch)).mean().item(),
-        diversity=diversity.item(),
-        mean_to_truth=rms_outside(to01.mean(1), (truth[:, 0] + 1) / 2).mean().item(),
+        patch_psnr=(10 * torch.log10(4 / mse_patch)).mean().item(), diversity=diversity.item(),
+        ed_patch=distance["patch"], ed_outside=distance["outside"], norm_mean=norms.mean().item(), norm_std=norms.std().item(),
     )
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dfm", default="runs/gan_faces", help="DFM run or checkpoint directory")
-    p.add_argument("--inputs", type=int, default=50, help="held-out images")
-    p.add_argument("--samples", type=int, default=8, help="DFM samples per input (N)")
-    p.add_argument("--steps", type=int, default=50, help="DDIM steps")
-    p.add_argument("--starts", type=int, default=2, help="independent optimisation runs per input")
-    p.add_argument("--inversion-steps", type=int, default=None, help="Adam steps (default: the config's)")
+    p.add_argument("--inputs", type=int, default=20, help="held-out patches")
+    p.add_argument("--chains", type=int, default=16, help="HMC chains per patch; every method gives half as many latents")
+    p.add_argument("--warmup", type=int, default=150, help="HMC warm-up steps (step size and mass adaptation)")
+    p.add_argument("--mcmc-steps", type=int, default=100, help="HMC steps kept after the warm-up (for the diagnostics)")
+    p.add_argument("--leapfrog", type=int, default=10, help="leapfrog steps per HMC step (one generator gradient each)")
+    p.add_argument("--steps", type=int, default=50, help="DFM's DDIM steps")
+    p.add_argument("--inversion-steps", type=int, default=None, help="Adam steps of the optimisation (default: the config's)")
     p.add_argument("--docs", default="docs")
     args = p.parse_args()
+    if args.chains < 4 or args.chains % 2:
+        p.error("--chains must be even and at least 4")
     torch.set_grad_enabled(False)
 
     overrides = [f"inversion.steps={args.inversion_steps}"] if args.inversion_steps else []
     task, model = load_trained(args.dfm, overrides)
     data = task.held_out(args.inputs)
-    rows = {}
+    n = args.chains // 2
+    latents, seconds = {}, {}
 
     start = time.perf_counter()
-    latents = task.sample_latents(model, data["ctxt_obs"], args.samples, steps=args.steps)
-    seconds = time.perf_counter() - start
-    rows[f"DFM, DDIM {args.steps} steps"] = dict(scores(task, latents, data), seconds=seconds / latents[:, :, 0].numel())
-    dfm_latents = latents
+    chain = task.posterior_noise(data["ctxt_obs"], args.chains, args.mcmc_steps, args.warmup, args.leapfrog, seed=0, progress=True)
+    seconds["mcmc"] = (time.perf_counter() - start) / (args.inputs * args.chains)
+    final = task.latents(chain.samples[:, -1])  # (B, chains, D): the chains' last states
+    reference, exact = final[:, :n], final[:, n:]
+    latents["exact posterior (HMC), independent chains"] = exact
 
     start = time.perf_counter()
-    inverted = torch.cat([task.invert_latents(data["ctxt_obs"], seed=s) for s in range(args.starts)], dim=1)
-    seconds = time.perf_counter() - start
-    rows[f"latent optimisation, Adam {task.cfg.inversion.steps} steps"] = dict(scores(task, inverted, data), seconds=seconds / inverted[:, :, 0].numel())
+    latents[f"DFM, DDIM {args.steps} steps"] = task.sample_latents(model, data["ctxt_obs"], n, steps=args.steps, progress=True)
+    seconds[f"DFM, DDIM {args.steps} steps"] = (time.perf_counter() - start) / (args.inputs * n)
+
+    optimised = f"latent optimisation (MAP), Adam {task.cfg.inversion.steps} steps, {n} restarts"
+    start = time.perf_counter()
+    u, _ = task.invert_noise(data["ctxt_obs"], restarts=n, seed=1, progress=True)
+    latents[optimised] = task.latents(u)
+    seconds[optimised] = (time.perf_counter() - start) / (args.inputs * n)
 
     g = task.cfg.generator
-    prior = truncated_latents(args.inputs * args.samples, g.latent_dim, g.psi, torch.Generator().manual_seed(0))
-    rows["prior samples (ignore the patch)"] = dict(scores(task, prior.view(args.inputs, args.samples, -1), data), seconds=float("nan"))
+    latents["prior samples (ignore the patch)"] = task.generator.prior_latents(args.inputs * n, torch.Generator().manual_seed(2), g.psi).view(args.inputs, n, -1)
+    seconds["exact posterior (HMC), independent chains"] = seconds["mcmc"]
 
-    print(f"{args.inputs} held-out faces, patches {task.cfg.patch_min}-{task.cfg.patch_max} px at {task.cfg.resolution}x{task.cfg.resolution}, "
-          f"{args.samples} DFM samples / {args.starts} optimisation starts per input; "
-          f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads\n")
-    print("| method | patch PSNR (dB) | diversity outside the patch | mean-to-truth RMS | s / sample |")
-    print("|---|---:|---:|---:|---:|")
+    reference_images = images_of(task, reference)
+    rows = {k: scores(images_of(task, v), v, data, reference_images) for k, v in latents.items()}
+    floor = rows["exact posterior (HMC), independent chains"]
+
+    # diagnostics over the kept draws: every noise coordinate, and each image's mean outside the patch
+    kept = chain.samples  # (B, S, C, D)
+    with torch.no_grad():
+        images = images_of(task, task.latents(kept.flatten(1, 2))).view(*kept.shape[:3], *data["trgt_obs"].shape[1:])
+    outside = 1 - data["ctxt_obs"][:, None, None, 3:]
+    statistic = (images * outside).sum((3, 4, 5)) / (3 * outside.sum((3, 4, 5)))  # (B, S, C)
+    image_rhat = torch.stack([split_rhat(s) for s in statistic])
+    image_ess = torch.stack([effective_sample_size(s) for s in statistic])
+    diag = chain.summary()
+
+    print("Command: `python " + " ".join(shlex.quote(a) for a in ["benchmarks/gan.py", *sys.argv[1:]]) + "`")
+    print(f"{args.inputs} held-out faces, patches {task.cfg.patch_min}-{task.cfg.patch_max} px at {task.cfg.resolution}x"
+          f"{task.cfg.resolution} with noise std {task.cfg.patch_noise}; generator {g.architecture} ({g.space}, psi {g.psi}); "
+          f"{n} latents per patch and method; {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}\n")
+    print("| method | posterior ratio, patch | posterior ratio, outside | patch PSNR (dB) | diversity outside | latent norm | s / sample |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for name, r in rows.items():
-        print(f"| {name} | {r['patch_psnr']:.2f} | {r['diversity']:.3f} | {r['mean_to_truth']:.3f} | {r['seconds']:.3f} |")
-    print(f"\nreproduce: python benchmarks/gan.py --dfm {args.dfm} --inputs {args.inputs} --samples {args.samples}")
+        print(f"| {name} | {r['ed_patch'] / floor['ed_patch']:.2f} | {r['ed_outside'] / floor['ed_outside']:.2f} | "
+              f"{r['patch_psnr']:.2f} | {r['diversity']:.3f} | {r['norm_mean']:.2f} ± {r['norm_std']:.2f} | "
+              f"{seconds.get(name, float('nan')):.3f} |")
+    print(f"\nReference: HMC, {args.chains} chains per patch from prior draws, {args.leapfrog} leapfrog steps, {args.warmup} warm-up + {args.mcmc_steps} "
+          f"kept steps, {chain.samples.shape[1]} draws per chain kept; floor energy distances {floor['ed_patch']:.4g} (patch), "
+          f"{floor['ed_outside']:.4g} (outside). Diagnostics: acceptance {diag['accept_rate']:.2f}; split-R-hat of the noise "
+          f"coordinates max {diag['rhat_max']:.3f} (median over patches of each patch's max {chain.rhat.amax(1).median():.3f}), "
+          f"ESS min {diag['ess_min']:.0f}; of the image statistic R-hat max {image_rhat.max():.3f}, ESS min {image_ess.min():.0f} "
+          f"(of {kept.shape[1] * kept.shape[2]} draws per patch). s / sample of HMC: all steps of one chain.")
 
     shown = {k: v[:4] for k, v in data.items()}
     docs = Path(args.docs)
-    for name, lat in (("gan_samples", dfm_latents[:4]), ("gan_inversions", inverted[:4])):
-        print(f"wrote {save_image(task.grid(shown['ctxt_obs'], lat, shown['latent'], None), docs / f'{name}.png')}")
+    for file, lat in (("gan_samples", latents[f"DFM, DDIM {args.steps} steps"][:4, :8]), ("gan_posterior", exact[:4, :8]),
+                      ("gan_inversions", latents[optimised][:4, :8])):
+        print(f"wrote {save_image(task.grid(shown['ctxt_obs'], lat, shown['latent'], None), docs / f'{file}.png')}")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,18 @@
 """Pretrained GAN generators as forward models (GAN inversion: the signal is the latent).
 
-The default generator is the 64x64 DCGAN face generator (DigiFace1M, latent size 100) whose weights
-ship inside the PyPI wheel ``gan-face-generate`` (install it with ``pip install --no-deps
-gan-face-generate``: its declared dependencies would pull torchvision, which we do not need). Only the
-weight file is used; the package's own code is never imported. The architecture is defined here.
+Two architectures (:data:`ARCHITECTURES`), both defined in this project and loaded from a weight file
+by :func:`load_generator`:
+
+- ``dcgan64``: the 64x64 DCGAN face generator (DigiFace1M, latent size 100) whose weights ship inside
+  the PyPI wheel ``gan-face-generate`` (install it with ``pip install --no-deps gan-face-generate``: its
+  declared dependencies would pull torchvision, which we do not need). Only the weight file is used;
+  the package's own code is never imported.
+- ``stylegan2``: the paper's generator (:mod:`dfm.stylegan2`), from a state dict the user exports once
+  from the official checkpoint.
+
+Both have the same prior interface: ``noise_dim``, ``latent_dim`` and ``latents_from_noise(u, psi)``, the
+latent of standard normal noise ``u`` under truncation ``psi``. Priors are thereby pushforwards of
+N(0, I), which is what the exact posterior of :mod:`dfm.tasks.gan` samples over.
 """
 
 from __future__ import annotations
@@ -13,10 +22,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
-from dfm.training.checkpoint import CheckpointError, load_weights
+from dfm.stylegan2 import StyleGAN2Generator
+from dfm.training.checkpoint import CheckpointError, load_weights, nonfinite_tensors
 
 _BUNDLED_PACKAGE, _BUNDLED_FILE = "gan_face_generate", "weights.tar"
 _INSTALL_HINT = "install it with `pip install --no-deps gan-face-generate`"
@@ -47,13 +57,26 @@ class DCGANGenerator(nn.Module):
         layers += [nn.ConvTranspose2d(width, channels, 4, 2, 1, bias=False), nn.Tanh()]
         self.main = nn.Sequential(*layers)
 
+    @property
+    def noise_dim(self) -> int:
+        return self.latent_dim
+
     def forward(self, z: Tensor) -> Tensor:
         if z.ndim != 2 or z.shape[1] != self.latent_dim:
             raise ValueError(f"latents must have shape (B, {self.latent_dim}), got {tuple(z.shape)}")
         return self.main(z[:, :, None, None])
 
+    def latents_from_noise(self, u: Tensor, truncation_psi: float = 1.0) -> Tensor:
+        """``psi * u``: a DCGAN has no mapping network, so truncation pulls the Gaussian z itself towards
+        its mean 0 (StyleGAN truncates in w). ``psi < 1`` trades diversity for typical, cleaner images."""
+        return truncation_psi * u
 
-ARCHITECTURES: dict[str, type[nn.Module]] = {"dcgan64": DCGANGenerator}
+    def prior_latents(self, n: int, generator: torch.Generator | None = None, truncation_psi: float = 1.0) -> Tensor:
+        """``n`` latents of the (truncated) prior."""
+        return self.latents_from_noise(torch.randn(n, self.noise_dim, generator=generator), truncation_psi)
+
+
+ARCHITECTURES: dict[str, type[nn.Module]] = {"dcgan64": DCGANGenerator, "stylegan2": StyleGAN2Generator}
 
 
 def bundled_weights_path() -> Path:
@@ -67,28 +90,34 @@ def bundled_weights_path() -> Path:
 def load_generator(path: str | Path | None = None, architecture: str = "dcgan64", **options) -> nn.Module:
     """A frozen pretrained generator: eval mode, no parameter requires grad.
 
-    ``path`` is a ``torch.save``'d plain state dict or a dict holding one under ``netG_state_dict``; None
-    loads the gan-face-generate weights. ``options`` go to the architecture (e.g. ``width=32``).
+    ``path``: a ``.safetensors`` file, or a ``torch.save``'d state dict (read with ``weights_only=True``),
+    plain or under ``netG_state_dict``; None loads the gan-face-generate DCGAN weights. ``options`` go to
+    the architecture (e.g. ``width=32``, ``space="w+"``). Loading is strict: missing, unexpected and
+    wrongly shaped keys are named in the GeneratorError, as are non-finite values.
     """
-    bundled = path is None
-    path = bundled_weights_path() if bundled else Path(path)
     if architecture not in ARCHITECTURES:
-        known = sorted(ARCHITECTURES)
-        raise GeneratorError(f"{path}: unknown generator architecture {architecture!r}; available: {known}")
+        raise GeneratorError(f"{path}: unknown generator architecture {architecture!r}; available: {sorted(ARCHITECTURES)}")
+    bundled = path is None
+    if bundled and architecture != "dcgan64":
+        raise GeneratorError(f"the {architecture} generator needs a weight file (generator.path); see dfm.stylegan2 for the export")
+    path = bundled_weights_path() if bundled else Path(path)
     if not path.is_file():
         hint = f" (reinstall gan-face-generate: {_INSTALL_HINT})" if bundled else ""
         raise GeneratorError(f"generator weights not found: {path}{hint}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types (pickle, zip, EOF); its message suggests unsafe loading
+        state = load_file(path) if path.suffix == ".safetensors" else torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch and safetensors raise many types; torch's message suggests unsafe loading
         raise GeneratorError(
-            f"cannot read generator weights {path} with torch.load(weights_only=True) ({type(e).__name__}); "
-            "expected a torch.save'd state dict"
+            f"cannot read generator weights {path} ({type(e).__name__}); expected a .safetensors file or a state dict "
+            "saved with torch.save (read with weights_only=True)"
         ) from e
     if isinstance(state, dict) and "netG_state_dict" in state:
         state = state["netG_state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise GeneratorError(f"{path} holds no state dict (a dict of tensors, possibly under 'netG_state_dict')")
+    bad = nonfinite_tensors(state)
+    if bad:
+        raise GeneratorError(f"{path}: non-finite values in {', '.join(bad[:5])}")
     model = ARCHITECTURES[architecture](**options)
     try:
         load_weights(model, state, source=f"generator weights {path}")
@@ -100,8 +129,10 @@ def load_generator(path: str | Path | None = None, architecture: str = "dcgan64"
 class GeneratorForward(nn.Module):
     """The GAN-inversion forward model ``(latent, params) -> image`` in [-1, 1].
 
-    ``params`` is ignored (None is fine): every observation is the whole image rendered by the same fixed
-    generator, so there is nothing that varies between context and target views.
+    Every observation is the whole image rendered by the same fixed generator; ``params`` only chooses its
+    size: None renders at ``resolution`` (None: the generator's own), ``{"resolution": (B,) tensor}`` at
+    that size (one for the whole batch; 0: the generator's own), e.g. a novel view at full resolution
+    that constrains what the training resolution does not show.
 
     The generator is fixed and has its own weight file, so it is kept out of ``parameters()`` and
     ``state_dict()``: optimisers, DDP and checkpoints see only what is learned (a run's config says
@@ -122,72 +153,15 @@ class GeneratorForward(nn.Module):
         self.generator._apply(fn)
         return super()._apply(fn, recurse)
 
-    def forward(self, signal: Tensor, params=None) -> Tensor:
-        image = self.generator(signal)
-        size = self.resolution
-        if size is None or image.shape[-2:] == (size, size):
-            return image
-        if size < min(image.shape[-2:]):  # area averaging anti-aliases a downsample
-            return F.interpolate(image, size=(size, size), mode="area")
-        return F.interpolate(image, size=(size, size), mode="bilinear", align_corners=False)
+    def forward(self, signal: Tensor, params: dict[str, Tensor] | None = None) -> Tensor:
+        size = self.resolution if params is None else int(params["resolution"].flatten()[0]) or None
+        return resize(self.generator(signal), size)
 
 
-def truncated_latents(
-    n: int,
-    latent_dim: int,
-    psi: float,
-    generator: torch.Generator,
-    device: torch.device | str | None = None,
-    mean: Tensor | None = None,
-) -> Tensor:
-    """``n`` latents ``z = mean + psi * (z0 - mean)``, ``z0 ~ N(0, I)``: the truncation trick.
-
-    StyleGAN truncates in its mapped w space towards the average w; a DCGAN has no mapping network, so the
-    analogue pulls the Gaussian z itself towards its mean (0 unless given). ``psi < 1`` trades diversity
-    for typical, cleaner images; ``psi = 1`` is the untruncated prior.
-    """
-    z0 = torch.randn(n, latent_dim, generator=generator, device=device)
-    mean = torch.zeros_like(z0) if mean is None else mean.to(z0)
-    return mean + psi * (z0 - mean)
-
-
-def _masked_mse(image: Tensor, target: Tensor, mask: Tensor) -> Tensor:
-    """Per-example mean squared error over the pixels (and all channels) where ``mask`` is 1."""
-    weight = mask.to(image.dtype).expand_as(image)
-    return (weight * (image - target) ** 2).sum((1, 2, 3)) / weight.sum((1, 2, 3)).clamp_min(1)
-
-
-def invert_patch(
-    forward: GeneratorForward,
-    target: Tensor,
-    mask: Tensor,
-    *,
-    steps: int = 500,
-    lr: float = 0.05,
-    restarts: int = 1,
-    generator: torch.Generator | None = None,
-    latent_dim: int = 100,
-    progress: bool = False,
-) -> Tensor:
-    """Optimisation baseline for GAN inversion from a partial view: the latents ``(B, latent_dim)`` whose
-    images best match ``target`` (``(B, C, H, W)``, [-1, 1]) where ``mask`` (``(B, 1, H, W)``) is 1.
-
-    Adam minimises masked MSE + ``1e-3 * mean(z**2)``; the second term is the Gaussian prior's negative
-    log-density (up to scale), which keeps latents where the generator was trained when a small patch
-    leaves most of the latent unconstrained. ``restarts`` independent N(0, I) starts (drawn from
-    ``generator``) run as one batch; each example keeps the start with the lowest final masked MSE.
-    """
-    b, device = target.shape[0], target.device
-    z = torch.randn(restarts * b, latent_dim, generator=generator, device=device).requires_grad_(True)
-    targets, masks = target.repeat(restarts, 1, 1, 1), mask.repeat(restarts, 1, 1, 1)
-    optimizer = torch.optim.Adam([z], lr=lr)
-    with torch.enable_grad():
-        for _ in tqdm(range(steps), desc="inverting", disable=not progress):
-            loss = _masked_mse(forward(z), targets, masks) + 1e-3 * z.pow(2).mean(1)
-            optimizer.zero_grad(set_to_none=True)
-            loss.sum().backward()  # a sum keeps every example's gradient independent of the batch size
-            optimizer.step()
-    with torch.no_grad():
-        errors = _masked_mse(forward(z), targets, masks).view(restarts, b)
-        best = errors.argmin(0)
-        return z.detach().view(restarts, b, latent_dim)[best, torch.arange(b, device=device)]
+def resize(image: Tensor, size: int | None) -> Tensor:
+    """``image`` (B, C, H, W) at ``size`` x ``size`` (None: as it is); area averaging anti-aliases a downsample."""
+    if size is None or image.shape[-2:] == (size, size):
+        return image
+    if size < min(image.shape[-2:]):
+        return F.interpolate(image, size=(size, size), mode="area")
+    return F.interpolate(image, size=(size, size), mode="bilinear", align_corners=False)
