@@ -24,18 +24,17 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import multiprocessing as mp
 import platform
 import shlex
 import sys
 import time
 import warnings
-from concurrent.futures import ProcessPoolExecutor
 
 import torch
 from torch import nn
 
 from dfm.cli import parse_with_overrides
+from step import in_child  # benchmarks/step.py, beside this script
 
 
 class Unsplit(nn.Module):
@@ -85,12 +84,6 @@ def measure(config: str, overrides: list[str], resolution: int, guidance: float,
     return dict(context=context, per_step=per_step, threads=torch.get_num_threads())
 
 
-def in_child(*args) -> dict:
-    """``measure(*args)`` in a fresh process; a child killed (e.g. out of memory) raises BrokenProcessPool, no hang."""
-    with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
-        return pool.submit(measure, *args).result()
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("overrides", nargs="*", help="key=value config overrides")
@@ -116,7 +109,7 @@ def main() -> None:
         cells = {}
         for splitting in (False, True):
             print(f"measuring {r}x{r}, guidance {w:g}, {precision}, {'split' if splitting else 'before split'} ...", file=sys.stderr, flush=True)
-            cells[splitting] = in_child(args.config, args.overrides, r, w, precision, splitting, args.batch, args.repeats, args.threads)
+            cells[splitting] = in_child(measure, args.config, args.overrides, r, w, precision, splitting, args.batch, args.repeats, args.threads)
         rows.append((r, w, precision, cells))
 
     n = args.steps
