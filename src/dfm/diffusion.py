@@ -13,7 +13,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-SPACINGS = ("uniform", "karras")
+TIMESTEP_SPACINGS = ("uniform", "karras")
 
 
 def cosine_alphas_cumprod(num_steps: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> Tensor:
@@ -87,8 +87,8 @@ class NoiseSchedule(nn.Module):
         last = self.num_steps - 1
         if spacing == "uniform":
             return torch.linspace(last, 0, steps)
-        if spacing not in SPACINGS:
-            raise ValueError(f"unknown timestep spacing {spacing!r}; available: {SPACINGS}")
+        if spacing not in TIMESTEP_SPACINGS:
+            raise ValueError(f"unknown timestep spacing {spacing!r}; available: {TIMESTEP_SPACINGS}")
         table = self.log_snr_table.cpu().double()
         sigma = torch.exp(-0.5 * table)  # increasing in t
         ramp = torch.linspace(0, 1, steps, dtype=torch.float64)

@@ -2,11 +2,16 @@
 
 Nothing here knows about networks or cameras:
 
-- a *field* is any callable ``field(points (..., S, 3), directions (..., S, 3)) -> dict`` with at
-  least ``"density"`` ``(..., S, 1)`` (>= 0) and ``"rgb"`` ``(..., S, 3)``; every other entry
-  (e.g. ``"features"`` ``(..., S, F)``) is composited the same way as ``rgb``;
-- rays arrive as world-space ``origins`` and **unit** ``directions`` ``(..., 3)`` (any leading batch
-  shape, e.g. ``(R,)`` or ``(B, R)``) with ``near``/``far`` given as scalars or ``(..., 1)``.
+- a *field* (:data:`Field`) maps sample points and their ray directions to a dict with at least
+  ``"density"`` (>= 0) and ``"rgb"``; every other entry (e.g. ``"features"``) is composited the
+  same way as ``rgb``;
+- rays arrive as world-space ``origins`` and **unit** ``directions`` with ``near``/``far`` given
+  as floats or tensors broadcastable to ``*batch 1``.
+
+Dimension names (jaxtyping): ``*batch`` the rays' batch shape (e.g. ``R`` or ``B R``); ``S``
+samples (bins) per ray and ``S+1`` their edges (``E`` edges and ``E-1`` bins in
+:func:`importance_samples`, whose edges come first); ``N`` samples drawn by
+:func:`importance_samples`; ``_`` a size that varies between the entries of a dict (channels).
 
 Samples are **bins**: sample ``i`` sits at distance ``t_i`` inside the interval ``[edges_i,
 edges_{i+1}]`` and stands for the whole interval, whose length ``delta_i`` weighs it in the
@@ -17,36 +22,43 @@ beyond ``far`` is the background.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Literal
 
 import torch
 import torch.utils.checkpoint
+from jaxtyping import Float
 from torch import Tensor
 
 from dfm.precision import full_precision
 
-Field = Callable[[Tensor, Tensor], dict[str, Tensor]]
-SPACINGS = ("linear", "disparity")
+Field = Callable[[Float[Tensor, "*batch S 3"], Float[Tensor, "*batch S 3"]], dict[str, Float[Tensor, "*batch S _"]]]
+"""``field(points, directions) -> {"density": (*batch S 1), "rgb": (*batch S 3), ...}``."""
+Bound = float | Float[Tensor, ""] | Float[Tensor, "*#batch 1"]
+"""A ray distance (``near``, ``far``): a scalar or a tensor broadcastable to ``*batch 1``."""
+Background = float | Float[Tensor, ""] | Float[Tensor, "*#batch #3"]
+"""What rays that hit nothing see (added to ``rgb``): a scalar or RGB broadcastable to ``*batch 3``."""
+DEPTH_SPACINGS = ("linear", "disparity")
 
 
 @dataclass(frozen=True)
 class RaySamples:
-    """Sample distances ``t`` ``(..., S, 1)`` and the bin ``edges`` ``(..., S + 1, 1)`` around them."""
+    """Sample distances ``t`` and the bin ``edges`` around them."""
 
-    t: Tensor
-    edges: Tensor
+    t: Float[Tensor, "*batch S 1"]
+    edges: Float[Tensor, "*batch S+1 1"]
 
     @property
-    def deltas(self) -> Tensor:
-        """Bin lengths ``(..., S, 1)``."""
+    def deltas(self) -> Float[Tensor, "*batch S 1"]:
+        """Bin lengths."""
         return self.edges[..., 1:, :] - self.edges[..., :-1, :]
 
 
 def stratified_samples(
-    origins: Tensor,
-    near: float | Tensor,
-    far: float | Tensor,
+    origins: Float[Tensor, "*batch 3"],
+    near: Bound,
+    far: Bound,
     num_samples: int,
     *,
     spacing: Literal["linear", "disparity"] = "linear",
@@ -59,15 +71,15 @@ def stratified_samples(
     Without ``perturb`` each sample is its bin's midpoint (in the spacing's coordinate, so in
     ``1/t`` for ``disparity``); with it, one uniform sample per bin (stratified sampling), so that
     across training steps the field is queried everywhere along the ray, not only at fixed depths.
-    ``origins`` ``(..., 3)`` only gives the batch shape, dtype and device.
+    ``origins`` only gives the batch shape, dtype and device.
     """
-    if spacing not in SPACINGS:
-        raise ValueError(f"unknown spacing {spacing!r}; available: {SPACINGS}")
+    if spacing not in DEPTH_SPACINGS:
+        raise ValueError(f"unknown spacing {spacing!r}; available: {DEPTH_SPACINGS}")
     batch, like = origins.shape[:-1], dict(dtype=origins.dtype, device=origins.device)
-    near, far = (torch.as_tensor(x, **like).expand(*batch, 1)[..., None] for x in (near, far))  # (..., 1, 1)
+    near, far = (torch.as_tensor(x, **like).expand(*batch, 1)[..., None] for x in (near, far))  # (*batch 1 1)
     if spacing == "disparity" and (near <= 0).any():
         raise ValueError("disparity spacing needs near > 0")
-    s = torch.linspace(0, 1, num_samples + 1, **like)[:, None]  # (S + 1, 1), the spacing's coordinate
+    s = torch.linspace(0, 1, num_samples + 1, **like)[:, None]  # (S+1 1), the spacing's coordinate
     u = torch.rand(*batch, num_samples, 1, generator=generator, **like) if perturb else 0.5
     s_t = s[:-1] + u * (s[1:] - s[:-1])
 
@@ -80,16 +92,16 @@ def stratified_samples(
 
 
 def importance_samples(
-    edges: Tensor,
-    weights: Tensor,
+    edges: Float[Tensor, "*batch E 1"],
+    weights: Float[Tensor, "*batch E-1 1"],
     num_samples: int,
     *,
     perturb: bool = False,
     generator: torch.Generator | None = None,
     padding: float = 1e-5,
-) -> Tensor:
-    """Draw ``num_samples`` sorted distances ``(..., N, 1)`` from the piecewise-constant pdf that puts
-    mass ``weights`` ``(..., S, 1)`` on the bins ``edges`` ``(..., S + 1, 1)`` (inverse-CDF sampling).
+) -> Float[Tensor, "*batch N 1"]:
+    """Draw ``N = num_samples`` sorted distances from the piecewise-constant pdf that puts mass
+    ``weights`` on the bins between ``edges`` (inverse-CDF sampling).
 
     ``padding`` is added to every weight so that empty rays (all-zero weights) still get samples,
     spread over the bins. ``perturb`` draws stratified uniforms ``(k + U) / N``; otherwise the
@@ -97,9 +109,9 @@ def importance_samples(
     on the fine rendering never reaches the coarse field through where it placed the samples (the
     coarse field is trained by its own photometric term instead).
     """
-    edges, weights = edges.detach()[..., 0], weights.detach()[..., 0] + padding  # (..., S + 1), (..., S)
+    edges, weights = edges.detach()[..., 0], weights.detach()[..., 0] + padding  # (*batch E), (*batch E-1)
     cdf = (weights / weights.sum(-1, keepdim=True)).cumsum(-1)[..., :-1].clamp(max=1)
-    cdf = torch.cat([torch.zeros_like(cdf[..., :1]), cdf, torch.ones_like(cdf[..., :1])], -1)  # (..., S + 1)
+    cdf = torch.cat([torch.zeros_like(cdf[..., :1]), cdf, torch.ones_like(cdf[..., :1])], -1)  # (*batch E)
     shape = (*weights.shape[:-1], num_samples)
     u = torch.rand(shape, generator=generator, dtype=edges.dtype, device=edges.device) if perturb else 0.5
     u = (torch.arange(num_samples, dtype=edges.dtype, device=edges.device) + u).expand(shape) / num_samples
@@ -110,10 +122,10 @@ def importance_samples(
     return (e0 + fraction * (e1 - e0))[..., None]
 
 
-def merge_samples(coarse: RaySamples, fine_t: Tensor) -> RaySamples:
-    """The sorted union of the coarse samples and ``fine_t`` ``(..., N, 1)``, which the fine field
-    evaluates (as in NeRF). New bins meet halfway between neighbouring samples and still tile
-    ``[near, far]``, so every sample stands for the stretch of ray that is closest to it."""
+def merge_samples(coarse: RaySamples, fine_t: Float[Tensor, "*batch N 1"]) -> RaySamples:
+    """The sorted union of the ``S`` coarse samples and the ``N`` of ``fine_t`` (``S+N`` samples),
+    which the fine field evaluates (as in NeRF). New bins meet halfway between neighbouring samples
+    and still tile ``[near, far]``, so every sample stands for the stretch of ray closest to it."""
     t = torch.sort(torch.cat([coarse.t, fine_t], dim=-2), dim=-2).values
     midpoints = (t[..., 1:, :] + t[..., :-1, :]) / 2
     return RaySamples(t=t, edges=torch.cat([coarse.edges[..., :1, :], midpoints, coarse.edges[..., -1:, :]], dim=-2))
@@ -121,17 +133,21 @@ def merge_samples(coarse: RaySamples, fine_t: Tensor) -> RaySamples:
 
 @full_precision  # transmittance is a product of many factors near 1: bf16 (8 bits) would lose it
 def composite(
-    density: Tensor, values: dict[str, Tensor], deltas: Tensor, t: Tensor, *, background: float | Tensor | None = None
-) -> dict[str, Tensor]:
+    density: Float[Tensor, "*batch S 1"],
+    values: dict[str, Float[Tensor, "*batch S _"]],
+    deltas: Float[Tensor, "*batch S 1"],
+    t: Float[Tensor, "*batch S 1"],
+    *,
+    background: Background | None = None,
+) -> dict[str, Float[Tensor, "*batch _"] | Float[Tensor, "*batch S 1"]]:
     """Alpha-composite samples along each ray (the NeRF quadrature, exact for a field that is constant
     within each bin).
 
-    ``density``, ``deltas``, ``t``: ``(..., S, 1)``; ``values``: ``(..., S, C)`` per channel name.
-    Returns, per ray, every channel of ``values`` ``(..., C)`` (``rgb`` plus ``(1 - opacity) *
-    background`` when a background is given; other channels get none), ``opacity`` ``(..., 1)``
+    Returns, per ray, every entry of ``values`` ``(*batch C)`` (``rgb`` plus ``(1 - opacity) *
+    background`` when a background is given; other entries get none), ``opacity`` ``(*batch 1)``
     (accumulated alpha, the probability that the ray terminates before the last bin ends), ``depth``
-    ``(..., 1)`` and per sample ``weights`` and ``transmittance`` (the light left *before* the
-    sample) ``(..., S, 1)``.
+    ``(*batch 1)`` and per sample ``weights`` and ``transmittance`` (the light left *before* the
+    sample) ``(*batch S 1)``.
 
     ``depth`` is the expected ray distance at which the ray terminates, given that it does
     (normalised by opacity); rays that hit nothing read the last sample's distance, through a tiny
@@ -153,9 +169,10 @@ def composite(
     return out | {"depth": depth, "opacity": opacity, "weights": weights, "transmittance": transmittance}
 
 
-def distortion_loss(weights: Tensor, edges: Tensor) -> Tensor:
-    """Mip-NeRF 360's distortion loss per ray ``(...,)``, for ``weights`` ``(..., S, 1)`` on bins
-    ``edges`` ``(..., S + 1, 1)``:
+def distortion_loss(
+    weights: Float[Tensor, "*batch S 1"], edges: Float[Tensor, "*batch S+1 1"]
+) -> Float[Tensor, "*batch"]:
+    """Mip-NeRF 360's distortion loss per ray, for ``weights`` on the bins between ``edges``:
 
         sum_ij w_i w_j |m_i - m_j| + 1/3 sum_i w_i^2 (e_{i+1} - e_i),   m_i the bin midpoints,
 
@@ -173,22 +190,22 @@ def distortion_loss(weights: Tensor, edges: Tensor) -> Tensor:
 
 def render_rays(
     field: Field,
-    origins: Tensor,
-    directions: Tensor,
-    near: float | Tensor,
-    far: float | Tensor,
+    origins: Float[Tensor, "*batch 3"],
+    directions: Float[Tensor, "*batch 3"],
+    near: Bound,
+    far: Bound,
     *,
     num_coarse: int,
     num_fine: int = 0,
     fine_field: Field | None = None,
     spacing: Literal["linear", "disparity"] = "linear",
     perturb: bool = False,
-    background: float | Tensor | None = None,
+    background: Background | None = None,
     generator: torch.Generator | None = None,
     chunk: int | None = None,
     checkpoint: bool = False,
 ) -> dict[str, dict[str, Tensor]]:
-    """Render rays ``(..., 3)`` through ``field``: ``{"coarse": ..., "fine": ...}`` (``"fine"`` only
+    """Render rays through ``field``: ``{"coarse": ..., "fine": ...}`` (``"fine"`` only
     when ``num_fine > 0``), each the output of :func:`composite` plus the bin ``edges`` (for
     :func:`distortion_loss`).
 
@@ -238,10 +255,14 @@ def render_rays(
 
 
 def _shade(
-    field: Field, origins: Tensor, directions: Tensor, samples: RaySamples, background: float | Tensor | None
+    field: Field,
+    origins: Float[Tensor, "*batch 3"],
+    directions: Float[Tensor, "*batch 3"],
+    samples: RaySamples,
+    background: Background | None,
 ) -> dict[str, Tensor]:
     """Query ``field`` at ``samples`` along the rays and composite; adds the bin ``edges``."""
-    points = origins[..., None, :] + samples.t * directions[..., None, :]  # (..., S, 3)
+    points = origins[..., None, :] + samples.t * directions[..., None, :]  # (*batch S 3)
     out = field(points, directions[..., None, :].expand_as(points))
     values = {name: value for name, value in out.items() if name != "density"}
     rendered = composite(out["density"], values, samples.deltas, samples.t, background=background)

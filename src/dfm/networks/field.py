@@ -6,6 +6,11 @@ and concatenated with a positional encoding of the point in that view's camera f
 with FiLM from the timestep embedding processes each view separately for the first ``mean_after``
 blocks, averages over the views and finishes with the remaining blocks. Cameras follow
 :mod:`dfm.cameras` (OpenCV, normalised intrinsics).
+
+Dimension names (jaxtyping): ``B`` scenes; ``V`` views per scene; ``F`` feature channels and
+``H W`` the size of a feature map; ``*points`` the query points' shape within a scene (typically
+``R S``: rays, samples per ray); ``G`` the width of the global latent; ``*batch D`` coordinates of
+any shape.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from functools import partial
 
 import torch
 import torch.nn.functional as F
+from jaxtyping import Bool, Float, Real
 from torch import Tensor, nn
 
 from dfm.cameras import world_to_camera
@@ -23,9 +29,11 @@ from dfm.networks.mlp import FiLMBlock
 from dfm.rendering import Field
 
 
-def positional_encoding(x: Tensor, num_frequencies: int, include_input: bool = True) -> Tensor:
-    """NeRF's encoding of coordinates ``x`` ``(..., D)``: ``[x, sin(f_0 x), cos(f_0 x), ..., sin(f_{L-1} x),
-    cos(f_{L-1} x)]`` with ``f_k = 2^k pi``, each entry ``D`` wide, so ``(..., D (include_input + 2 L))``."""
+def positional_encoding(
+    x: Float[Tensor, "*batch D"], num_frequencies: int, include_input: bool = True
+) -> Float[Tensor, "*batch D*({include_input}+2*{num_frequencies})"]:
+    """NeRF's encoding of coordinates ``x``: ``[x, sin(f_0 x), cos(f_0 x), ..., sin(f_{L-1} x),
+    cos(f_{L-1} x)]`` with ``f_k = 2^k pi`` and ``L = num_frequencies``, each entry ``D`` wide."""
     freqs = math.pi * 2.0 ** torch.arange(num_frequencies, dtype=x.dtype, device=x.device)
     args = x[..., None, :] * freqs[:, None]  # (..., L, D)
     encoded = torch.cat([args.sin(), args.cos()], -1).flatten(-2)
@@ -33,15 +41,19 @@ def positional_encoding(x: Tensor, num_frequencies: int, include_input: bool = T
 
 
 def sample_pixel_features(
-    feature_maps: Tensor, points: Tensor, c2w: Tensor, K: Tensor, *, min_depth: float = 1e-6
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Project world ``points`` ``(B, V, ..., 3)`` into view ``v`` of ``c2w`` ``(B, V, 4, 4)``, ``K``
-    ``(B, V, 3, 3)`` and bilinearly sample that view's ``feature_maps`` ``(B, V, F, H, W)`` there.
+    feature_maps: Float[Tensor, "B V F H W"],
+    points: Float[Tensor, "B V *points 3"],
+    c2w: Float[Tensor, "B V 4 4"],
+    K: Float[Tensor, "B V 3 3"],
+    *,
+    min_depth: float = 1e-6,
+) -> tuple[Float[Tensor, "B V *points F"], Float[Tensor, "B V *points 3"], Bool[Tensor, "B V *points 1"]]:
+    """Project world ``points`` ``[b, v]`` into view ``v`` of scene ``b`` and bilinearly sample that
+    view's ``feature_maps`` there.
 
-    Returns ``features`` ``(B, V, ..., F)``, the points in each camera's frame ``points_cam``
-    ``(B, V, ..., 3)`` and ``valid`` ``(B, V, ..., 1)`` (bool): the point lies in front of the camera
-    (z-depth > ``min_depth``) and projects inside the image, ``0 <= u, v <= 1``. Invalid points get
-    zero features (and no gradient through them).
+    Returns ``features``, the points in each camera's frame ``points_cam`` and ``valid``: the point
+    lies in front of the camera (z-depth > ``min_depth``) and projects inside the image,
+    ``0 <= u, v <= 1``. Invalid points get zero features (and no gradient through them).
 
     Convention: normalised ``uv`` in [0, 1] spans the image from its outer pixel edges (as in
     :mod:`dfm.cameras`), so pixel ``(i, j)`` (row, column) has its centre at ``((j + 0.5) / W, (i + 0.5) /
@@ -67,18 +79,16 @@ def sample_pixel_features(
 
 
 class PixelAlignedField(nn.Module):
-    """``forward(points (B, ..., 3), directions (B, ..., 3), feature_maps (B, V, F, H, W), c2w (B, V, 4, 4),
-    K (B, V, 3, 3), t (B,), latent (B, G) | None) -> dict`` with, per point,
+    """:meth:`forward` returns a dict with, per point,
 
-    - ``density`` ``(B, ..., 1)``: softplus, so it is positive everywhere and empty space keeps a
+    - ``density`` ``(B *points 1)``: softplus, so it is positive everywhere and empty space keeps a
       gradient (a ReLU density that reaches exactly 0 can never become occupied again);
-    - ``rgb`` ``(B, ..., 3)`` in [-1, 1] (tanh), the models' image range: render it with
+    - ``rgb`` ``(B *points 3)`` in [-1, 1] (tanh), the models' image range: render it with
       ``background=-1`` for the paper's black background;
-    - ``features`` ``(B, ..., out_features)``, unbounded, only when ``out_features > 0``.
+    - ``features`` ``(B *points out_features)``, unbounded, only when ``out_features > 0``.
 
-    Points and directions are in world space (directions unit length, as rays give them); the
-    typical shape is ``(B, R, S, 3)``. :meth:`bind` fixes the conditioning and returns a plain field
-    for :func:`dfm.rendering.render_rays`.
+    Points and directions are in world space (directions unit length, as rays give them).
+    :meth:`bind` fixes the conditioning and returns a plain field for :func:`dfm.rendering.render_rays`.
 
     Args:
         feature_dim: channels ``F`` of the feature maps.
@@ -128,14 +138,14 @@ class PixelAlignedField(nn.Module):
 
     def forward(
         self,
-        points: Tensor,
-        directions: Tensor,
-        feature_maps: Tensor,
-        c2w: Tensor,
-        K: Tensor,
-        t: Tensor,
-        latent: Tensor | None = None,
-    ) -> dict[str, Tensor]:
+        points: Float[Tensor, "B *points 3"],
+        directions: Float[Tensor, "B *points 3"],
+        feature_maps: Float[Tensor, "B V F H W"],
+        c2w: Float[Tensor, "B V 4 4"],
+        K: Float[Tensor, "B V 3 3"],
+        t: Real[Tensor, "B"],
+        latent: Float[Tensor, "B G"] | None = None,
+    ) -> dict[str, Float[Tensor, "B *points _"]]:
         B, V = feature_maps.shape[:2]
         if points.shape[0] != B:
             raise ValueError(f"points {tuple(points.shape)} and feature maps {tuple(feature_maps.shape)} differ in batch size")
@@ -170,7 +180,14 @@ class PixelAlignedField(nn.Module):
             out["features"] = raw[..., 4:]
         return out
 
-    def bind(self, feature_maps: Tensor, c2w: Tensor, K: Tensor, t: Tensor, latent: Tensor | None = None) -> Field:
-        """This field with its conditioning fixed: ``(points (B, ..., 3), directions (B, ..., 3)) -> dict``,
-        for :func:`dfm.rendering.render_rays` on rays ``(B, R, 3)`` (its chunks split ``R`` and keep ``B``)."""
+    def bind(
+        self,
+        feature_maps: Float[Tensor, "B V F H W"],
+        c2w: Float[Tensor, "B V 4 4"],
+        K: Float[Tensor, "B V 3 3"],
+        t: Real[Tensor, "B"],
+        latent: Float[Tensor, "B G"] | None = None,
+    ) -> Field:
+        """This field with its conditioning fixed: ``(points, directions) -> dict``, for
+        :func:`dfm.rendering.render_rays` on rays ``(B R 3)`` (its chunks split ``R`` and keep ``B``)."""
         return partial(self, feature_maps=feature_maps, c2w=c2w, K=K, t=t, latent=latent)

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from dfm.config import check_values
-from dfm.diffusion import SPACINGS, NoiseSchedule
+from dfm.diffusion import TIMESTEP_SPACINGS, NoiseSchedule
 from dfm.model import DFM, Regularizer
 from dfm.networks.dit import DiT
 from dfm.precision import PRECISIONS
@@ -81,8 +81,8 @@ class SampleConfig:
             raise ValueError(f"sample.precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
         if self.sampler not in SAMPLERS:
             raise ValueError(f"sample.sampler must be one of {sorted(SAMPLERS)}, got {self.sampler!r}")
-        if self.spacing not in SPACINGS:
-            raise ValueError(f"sample.spacing must be one of {SPACINGS}, got {self.spacing!r}")
+        if self.spacing not in TIMESTEP_SPACINGS:
+            raise ValueError(f"sample.spacing must be one of {TIMESTEP_SPACINGS}, got {self.spacing!r}")
 
     def sampler_kwargs(self) -> dict[str, Any]:
         return dict(
