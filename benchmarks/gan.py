@@ -19,6 +19,12 @@ Convergence diagnostics of the reference: split-R-hat and ESS over the kept draw
 coordinate and of an image statistic (the mean of each image outside the patch), and the acceptance rate.
 
     python benchmarks/gan.py --dfm runs/gan_faces
+    python benchmarks/gan.py --dfm runs/gan_faces --denoising   # only the denoiser's accuracy by noise level
+
+``--denoising`` asks where the samples' error comes from: for held-out images noised to each of several
+timesteps, the PSNR of the image of the predicted latent against the clean image, and the predicted
+latents' norm; a self-conditioned denoiser is also measured given its own first estimate (as it is
+while sampling).
 """
 
 from __future__ import annotations
@@ -72,6 +78,32 @@ def scores(images: torch.Tensor, latents: torch.Tensor, data: dict, reference: t
     )
 
 
+def denoising_profile(task, model, count: int = 64, timesteps=(10, 50, 100, 250, 500, 750, 999)) -> None:
+    """Print the denoiser's reconstruction accuracy by noise level (see the module docstring)."""
+    data = task.held_out(count)
+    x0, ctxt, truth = data["trgt_obs"], data["ctxt_obs"], data["latent"]
+    g = torch.Generator().manual_seed(0)
+    self_conditioned = model.self_condition > 0
+    print(f"{count} held-out images at {task.cfg.resolution}x{task.cfg.resolution}; true latent norm {truth.norm(dim=1).mean():.2f}\n")
+    print("| t | PSNR, one pass (dB) | latent norm |" + (" PSNR, given its first estimate (dB) | latent norm |" if self_conditioned else ""))
+    print("|---:|---:|---:|" + ("---:|---:|" if self_conditioned else ""))
+
+    def psnr(z: torch.Tensor) -> float:
+        mse = ((model.forward_model(z, None) - x0) ** 2).mean((1, 2, 3))
+        return (10 * torch.log10(4 / mse)).mean().item()
+
+    for t in timesteps:
+        tt = torch.full((count,), float(t))
+        xt = model.schedule.add_noise(x0, tt, torch.randn(x0.shape, generator=g))
+        previous = {"previous": torch.zeros_like(xt)} if self_conditioned else {}
+        z = model.denoiser(ctxt, None, xt, tt, None, **previous)
+        row = f"| {t} | {psnr(z):.2f} | {z.norm(dim=1).mean():.2f} |"
+        if self_conditioned:
+            z2 = model.denoiser(ctxt, None, xt, tt, None, previous=model.forward_model(z, None))
+            row += f" {psnr(z2):.2f} | {z2.norm(dim=1).mean():.2f} |"
+        print(row)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dfm", default="runs/gan_faces", help="DFM run or checkpoint directory")
@@ -83,6 +115,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=50, help="DFM's DDIM steps")
     p.add_argument("--inversion-steps", type=int, default=None, help="Adam steps of the optimisation (default: the config's)")
     p.add_argument("--docs", default="docs")
+    p.add_argument("--denoising", action="store_true", help="only print the denoiser's accuracy by noise level")
     args = p.parse_args()
     if args.chains < 4 or args.chains % 2:
         p.error("--chains must be even and at least 4")
@@ -90,6 +123,9 @@ def main() -> None:
 
     overrides = [f"inversion.steps={args.inversion_steps}"] if args.inversion_steps else []
     task, model = load_trained(args.dfm, overrides)
+    if args.denoising:
+        print("Command: `python " + " ".join(shlex.quote(a) for a in ["benchmarks/gan.py", *sys.argv[1:]]) + "`\n")
+        return denoising_profile(task, model)
     data = task.held_out(args.inputs)
     n = args.chains // 2
     latents, seconds = {}, {}

@@ -62,7 +62,26 @@ def test_the_native_view_is_a_novel_term_and_can_be_turned_off(task):
     losses = task.build_model()(batch, torch.Generator().manual_seed(0))
     assert "novel" in losses and losses["novel"] > 0
     plain = make_task({"task": "gan"}, [*TINY, "native_view=false"])
-    assert "novel_obs" not in plain.train_dataset().__getitems__([0, 1])
+    batch = plain.train_dataset().__getitems__([0, 1])
+    assert "novel_obs" not in batch
+    assert set(plain.build_model()(batch, torch.Generator().manual_seed(0))) == {"target", "loss"}  # no novel term, said so
+
+
+def test_the_self_conditioned_denoiser_reads_the_image_of_its_previous_latent(task):
+    sc = make_task({"task": "gan"}, [*TINY, "objective.self_condition=0.5"])
+    model = sc.build_model()
+    assert model.denoiser.dit.patch.in_channels == 10 and task.build_model().denoiser.dit.patch.in_channels == 7
+    torch.manual_seed(0)
+    for p in model.denoiser.dit.parameters():  # the DiT's zero-initialised output layers would hide the input
+        p.data.normal_(0, 0.2)
+    ex = sc.held_out(2)
+    xt, t = torch.randn_like(ex["trgt_obs"]), torch.full((2,), 500.0)
+    a, b = (model.denoiser(ex["ctxt_obs"], None, xt, t, None, previous=p) for p in (torch.zeros_like(xt), ex["trgt_obs"]))
+    assert not torch.allclose(a, b)
+    assert torch.equal(a, model.denoiser(ex["ctxt_obs"], None, xt, t, None))  # no previous estimate: zeros
+    batch = sc.train_dataset().__getitems__(list(range(4)))
+    assert torch.isfinite(model(batch, torch.Generator().manual_seed(0))["loss"])
+    assert sc.sample_latents(model.eval(), ex["ctxt_obs"], 2, steps=3).shape == (2, 2, 100)
 
 
 STYLEGAN = [

@@ -153,9 +153,34 @@ def test_weighted_sum_and_missing_novel():
     model = DFM(Probe(), LinearProjection(), loss_weights={"target": 2.0, "novel": 0.25}, p_uncond=0.0)
     losses = model(make_batch(), generator=gen())
     torch.testing.assert_close(losses["loss"], 2.0 * losses["target"] + 0.25 * losses["novel"])
-    without = model(make_batch(novel=False), generator=gen())  # a batch without a novel view
+    # a batch without a novel view is refused (the term would vanish silently) unless its weight is 0
+    with pytest.raises(ValueError, match=r"no 'novel_obs', 'novel_params' \(the novel-view term.*'novel': 0.0.*keys: \['ctxt_obs'"):
+        model(make_batch(novel=False), generator=gen())
+    without = DFM(Probe(), LinearProjection(), loss_weights={"target": 2.0, "novel": 0.0}, p_uncond=0.0)(make_batch(novel=False), gen())
     assert set(without) == {"target", "loss"}
     torch.testing.assert_close(without["loss"], 2.0 * without["target"])
+
+
+def test_a_misspelled_batch_key_is_named_with_the_keys_there_are():
+    batch = make_batch()
+    batch["trgt_ob"] = batch.pop("trgt_obs")
+    with pytest.raises(ValueError, match=r"no 'trgt_obs' \(did you mean 'trgt_ob'\?\); its keys: \['ctxt_obs', 'ctxt_params', 'novel_obs'"):
+        DFM(Probe(), LinearProjection())(batch, gen())
+
+
+def test_a_forward_model_output_that_would_broadcast_is_refused():
+    class Column(LinearProjection):
+        def forward(self, signal, params):
+            return super().forward(signal, params)[..., None]  # (B, M, 1) for (B, M) targets
+
+    with pytest.raises(ValueError, match=r"forward_model\(signal, trgt_params\) returned \(16, 2, 1\), but trgt_obs is \(16, 2\)"):
+        DFM(Probe(), Column())(make_batch(), gen())
+
+
+def test_sampling_refuses_a_context_batch_that_does_not_match_the_shape():
+    batch = make_batch(n=4)
+    with pytest.raises(ValueError, match="ctxt_obs holds 4 contexts but shape asks for 8 samples; repeat"):
+        DFM(Probe(), LinearProjection()).sample(batch["ctxt_obs"], batch["ctxt_params"], batch["trgt_params"], (8, M))
 
 
 def test_zero_novel_weight_drops_the_term():
@@ -459,3 +484,75 @@ def test_loss_falls_on_the_gmm_toy_problem():
         opt.step()
     after = held_out_loss()
     assert after < 0.85 * before, (before, after)
+
+
+# -- self-conditioning -------------------------------------------------------------------------------
+
+
+class SelfConditioned(Probe):
+    """A probe that also reads, and records, its previous estimate of the target observation."""
+
+    def __init__(self, seed: int = 0):
+        super().__init__(seed)
+        self.lin = nn.Linear(3 * M + 1, D)
+
+    def forward(self, ctxt_obs, ctxt_params, noisy_obs, t, trgt_params, previous):
+        signal = self.lin(torch.cat([ctxt_obs, noisy_obs, previous, t[:, None] / 1000], -1))
+        self.calls.append({"noisy": noisy_obs.clone(), "previous": previous.clone(), "signal": signal.detach()})
+        return signal
+
+
+@pytest.mark.parametrize("share", [0.5, 1.0])
+def test_self_conditioning_feeds_a_first_gradient_free_estimate_to_a_share_of_the_samples(share):
+    den = SelfConditioned()
+    model = DFM(den, LinearProjection(), p_uncond=0.0, self_condition=share)
+    batch = make_batch(n=64)
+    losses = model(batch, gen(1))
+    first, second = den.calls  # a first pass, then the one the loss differentiates
+    assert torch.equal(first["previous"], torch.zeros(64, M)) and torch.equal(first["noisy"], second["noisy"])
+    estimate = torch.einsum("bmd,bd->bm", batch["trgt_params"], first["signal"])
+    used = (second["previous"] != 0).any(-1)
+    torch.testing.assert_close(second["previous"][used], estimate[used])  # the rendered first estimate, or zeros
+    assert abs(used.float().mean().item() - share) < 0.2
+    losses["loss"].backward()  # the first pass is outside the graph: only the second gets gradients
+    assert den.lin.weight.grad is not None and not first["signal"].requires_grad
+
+
+def test_self_conditioning_skips_the_first_pass_when_no_sample_uses_it():
+    den = SelfConditioned()
+    DFM(den, LinearProjection(), p_uncond=0.0, self_condition=1e-9)(make_batch(), gen())
+    assert len(den.calls) == 1 and torch.equal(den.calls[0]["previous"], torch.zeros(16, M))
+
+
+def test_self_conditioning_while_sampling_gives_each_step_the_previous_clean_estimate():
+    den = SelfConditioned()
+    model = DFM(den, LinearProjection(), self_condition=0.5)
+    batch = make_batch(n=8)
+    seen = []
+    out = sample(model, batch, steps=4, callback=lambda d: seen.append(d["denoised"]))
+    assert torch.equal(den.calls[0]["previous"], torch.zeros(8, M))
+    for call, estimate in zip(den.calls[1:], seen[:-1]):
+        torch.testing.assert_close(call["previous"], estimate)
+    torch.testing.assert_close(out.observation, seen[-1])
+    # under guidance each branch gets its own previous estimate (conditional, unconditional, conditional, ...)
+    den.calls.clear()
+    sample(model, batch, steps=3, guidance=2.0)
+    assert [c["previous"].abs().sum().item() == 0 for c in den.calls] == [True, True, False, False, False, False]
+    assert not torch.allclose(den.calls[2]["previous"], den.calls[3]["previous"])
+
+
+def test_self_conditioning_needs_a_denoiser_that_takes_previous_and_a_whole_target():
+    with pytest.raises(ValueError, match="keyword `previous`.*Probe"):
+        DFM(Probe(), LinearProjection(), self_condition=0.5)
+    with pytest.raises(ValueError, match=r"self_condition must be in \[0, 1\]"):
+        DFM(SelfConditioned(), LinearProjection(), self_condition=1.5)
+
+    class Half(LinearProjection):
+        def forward(self, signal, params):
+            return super().forward(signal, params)[:, :1]
+
+    model = DFM(SelfConditioned(), Half(), p_uncond=0.0, self_condition=1.0)
+    batch = make_batch()
+    batch["trgt_pixels"] = batch["trgt_obs"][:, :1]
+    with pytest.raises(ValueError, match=r"renders \(16, 1\) for a target of \(16, 2\)"):
+        model(batch, gen())

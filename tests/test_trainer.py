@@ -201,8 +201,34 @@ def test_refuses_to_overwrite_and_resumes_fresh_or_finished(tmp_path, caplog):
     assert "starting from scratch" in caplog.text
     with pytest.raises(FileExistsError, match="resume=True"):
         Trainer(Regression(), Items(), config, tmp_path).fit()
-    finished = Trainer(Regression(), Items(), config, tmp_path).fit(resume=True)
-    assert finished == {"step": 10, "seconds": 0.0, "steps_per_sec": 0.0}
+    with caplog.at_level(logging.WARNING, logger="dfm.training.trainer"):
+        finished = Trainer(Regression(), Items(), config, tmp_path).fit(resume=True)
+    assert finished == {"step": 10, "seconds": 0.0, "steps_per_sec": 0.0, "stopped": "finished before"}
+    assert "training already finished (step 10, train.steps=10); raise train.steps" in caplog.text  # not silent
+
+
+def test_max_minutes_stops_with_a_checkpoint_and_resume_continues(tmp_path, caplog):
+    config = replace(CONFIG, steps=10, max_minutes=1e-9)  # out of time after the first step
+    with caplog.at_level(logging.WARNING, logger="dfm.training.trainer"):
+        stats = Trainer(Regression(), Items(), config, tmp_path).fit()
+    assert stats["step"] == 1 and stats["stopped"] == "max_minutes" and "loss" in stats
+    assert "stopped after train.max_minutes=1e-09 at step 1 of 10; resume to continue" in caplog.text
+    assert latest_checkpoint(tmp_path).name == "step-000001"
+    stats = Trainer(Regression(), Items(), replace(config, max_minutes=None), tmp_path).fit(resume=True)
+    assert stats["step"] == 10 and stats["stopped"] == "steps"
+    with pytest.raises(ValueError, match="train.max_minutes must be"):
+        replace(CONFIG, max_minutes=0.0)
+
+
+def test_training_leaves_the_callers_global_rng_as_it_was(tmp_path):
+    """A resumed run restores its checkpoint's global RNG state for the modules that use it: only inside fit."""
+    Trainer(Regression(), Items(), replace(CONFIG, steps=5), tmp_path).fit()
+    trainer = Trainer(Regression(), Items(), replace(CONFIG, steps=10), tmp_path)
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    trainer.fit(resume=True)
+    torch.testing.assert_close(torch.rand(3), expected)
 
 
 def test_resume_rejects_checkpoint_of_another_model(tmp_path):

@@ -9,8 +9,9 @@
 step's clean estimate is ``forward(denoise(context, x_t, t), target params)``, and returns the final
 observation together with the signal that produced it.
 
-A batch is a dict with the keys ``ctxt_obs``, ``trgt_obs`` and optionally ``ctxt_params``,
-``trgt_params`` (None when absent), ``trgt_pixels``, ``novel_obs``, ``novel_params``; observations are
+A batch is a dict with the keys ``ctxt_obs``, ``trgt_obs``, ``novel_obs`` and ``novel_params`` (the last two
+unless the novel term's weight is 0), and optionally ``ctxt_params``, ``trgt_params`` (None when absent),
+``trgt_pixels``; observations are
 tensors with the batch first, params are whatever the denoiser and forward model accept.
 ``trgt_pixels`` is the part of the target that ``forward(signal, trgt_params)`` renders when that is
 not the whole of ``trgt_obs`` (e.g. a random patch: the denoiser sees the whole noisy target, the
@@ -19,6 +20,8 @@ loss compares only the rendered patch); ``novel_obs`` is always what ``novel_par
 
 from __future__ import annotations
 
+import difflib
+import inspect
 from typing import Any, Callable, Mapping, NamedTuple, Protocol, runtime_checkable
 
 import torch
@@ -44,7 +47,15 @@ class Denoised(NamedTuple):
 
 class Denoiser(Protocol):
     """Maps (context observations, noisy target observation, t) to a *signal* (or a :class:`Denoised`),
-    not to pixels."""
+    not to pixels.
+
+    ``noisy_obs`` is the target observation noised by the schedule (variance preserving:
+    ``sqrt(abar_t) x0 + sqrt(1 - abar_t) eps``). ``t`` is a float tensor of shape ``(B,)`` with values in
+    ``[0, schedule.num_steps - 1]`` (``[0, 999]`` by default), integer-valued in training and fractional
+    while sampling; embed it as a continuous value (``dfm.networks.embeddings.TimestepEmbedding``). The
+    context is zeroed for a ``p_uncond`` share of training samples (classifier-free guidance). A
+    self-conditioned denoiser (``DFM(self_condition=...)``) also takes ``previous``: its own last clean
+    estimate of the target observation (zeros when there is none)."""
 
     def __call__(self, ctxt_obs: Tensor, ctxt_params: Any, noisy_obs: Tensor, t: Tensor, trgt_params: Any) -> Any: ...
 
@@ -61,7 +72,7 @@ class ContextSplit(Protocol):
 
     def encode_context(self, ctxt_obs: Tensor, ctxt_params: Any, trgt_params: Any) -> Any: ...
 
-    def denoise(self, context: Any, noisy_obs: Tensor, t: Tensor, trgt_params: Any) -> Any: ...
+    def denoise(self, context: Any, noisy_obs: Tensor, t: Tensor, trgt_params: Any) -> Any: ...  # and ``previous``, if self-conditioned
 
 
 class ForwardModel(Protocol):
@@ -84,12 +95,30 @@ def denoised(out: Any) -> tuple[Any, Mapping[str, Any]]:
     return (out.signal, out.extras) if isinstance(out, Denoised) else (out, {})
 
 
+def takes_previous(denoiser: Any) -> bool:
+    """Whether ``denoiser`` (and its per-step part, if it splits) accepts self-conditioning's ``previous``."""
+    whole = denoiser.forward if isinstance(denoiser, nn.Module) else denoiser  # a module's __call__ takes **kwargs
+    parts = [whole, denoiser.denoise] if isinstance(denoiser, ContextSplit) else [whole]
+    def accepts(fn) -> bool:
+        params = inspect.signature(fn).parameters
+        return "previous" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+    return all(accepts(fn) for fn in parts)
+
+
 class Regularizer(Protocol):
     """A task's extra loss term, given the signal, the batch and the predictions: the forward model's
     outputs (``predictions["target"]``, and ``predictions["novel"]`` when the novel term is on) and the
     denoiser's by-products (``predictions["denoiser"]``, see :class:`Denoised`)."""
 
     def __call__(self, signal: Any, batch: Batch, predictions: Mapping[str, Any]) -> Tensor: ...
+
+
+def mse(prediction: Tensor, target: Tensor, params: str, obs: str) -> Tensor:
+    """The mean squared error of a rendered view, refusing shapes that would broadcast (say (B, 3, 1)
+    against (B, 3)), which would train on a wrong loss without a word."""
+    if prediction.shape != target.shape:
+        raise ValueError(f"forward_model(signal, {params}) returned {tuple(prediction.shape)}, but {obs} is {tuple(target.shape)}")
+    return F.mse_loss(prediction, target)
 
 
 class SamplingError(RuntimeError):
@@ -114,7 +143,8 @@ class DFM(nn.Module):
         forward_model: module/callable mapping (signal, params) to an observation.
         schedule: the noise schedule over target observations (cosine, 1000 steps by default).
         loss_weights: weight per named loss; ``target`` and ``novel`` default to 1, a regulariser
-            without a weight gets 1. A zero weight skips the term entirely.
+            without a weight gets 1. A zero weight skips the term entirely; a batch without novel views
+            is refused unless ``novel`` is 0.
         regularizers: named extra loss terms (``Regularizer``).
         p_uncond: probability, per sample, of zeroing the context during training so that the
             same network also learns the unconditional model used by guidance.
@@ -124,6 +154,13 @@ class DFM(nn.Module):
         timestep_bias: train more often at high noise: ``t`` has density proportional to
             ``(t + 1) ** timestep_bias`` (0: uniform). Where the posterior has several modes, the choice
             between them is made at the highest noise levels; this gives them more of the training.
+        self_condition: self-conditioning (Chen et al. 2023): the probability, per sample, that the
+            denoiser is given its own estimate of the clean target (the forward model's rendering of a
+            first, gradient-free pass) as the keyword ``previous``; zeros otherwise. While sampling it is
+            given the previous step's estimate, so a denoiser that inverts a forward model can correct its
+            last answer against it (an iterative refinement) instead of starting afresh at every step.
+            0 (off): the denoiser is called without ``previous``. Needs a forward model that renders the
+            whole target (no ``trgt_pixels``).
     """
 
     def __init__(
@@ -137,8 +174,12 @@ class DFM(nn.Module):
         p_uncond: float = 0.1,
         deterministic: bool = False,
         timestep_bias: float = 0.0,
+        self_condition: float = 0.0,
     ):
         super().__init__()
+        check_values({"self_condition": self_condition}, "", probability=["self_condition"])
+        if self_condition and not takes_previous(denoiser):
+            raise ValueError(f"self_condition={self_condition} needs a denoiser that takes the keyword `previous`; {type(denoiser).__name__} does not")
         self.denoiser = denoiser
         self.forward_model = forward_model
         self.schedule = schedule if schedule is not None else NoiseSchedule()
@@ -151,9 +192,11 @@ class DFM(nn.Module):
         self.p_uncond = p_uncond
         self.deterministic = deterministic
         self.timestep_bias = timestep_bias
+        self.self_condition = self_condition
 
     def forward(self, batch: Batch, generator: torch.Generator | None = None) -> dict[str, Tensor]:
         """The training objective: a dict of named losses, with their weighted sum under ``loss``."""
+        self.check_batch(batch)
         trgt = batch["trgt_obs"]
         n, device = trgt.shape[0], trgt.device
 
@@ -169,19 +212,53 @@ class DFM(nn.Module):
             noise = torch.randn(trgt.shape, generator=generator, device=device, dtype=trgt.dtype)
             noisy = self.schedule.add_noise(trgt, t, noise)
 
-        signal, extras = denoised(self.denoiser(ctxt, batch.get("ctxt_params"), noisy, t, batch.get("trgt_params")))
+        previous = self.previous_estimate(ctxt, batch, noisy, t, generator)
+        signal, extras = denoised(self.denoiser(ctxt, batch.get("ctxt_params"), noisy, t, batch.get("trgt_params"), **previous))
 
         predictions = {"target": self.forward_model(signal, batch.get("trgt_params")), "denoiser": extras}
-        losses = {"target": F.mse_loss(observation(predictions["target"]), batch.get("trgt_pixels", trgt))}
-        if self.loss_weights["novel"] and "novel_obs" in batch:
+        losses = {"target": mse(observation(predictions["target"]), batch.get("trgt_pixels", trgt), "trgt_params", "trgt_pixels" if "trgt_pixels" in batch else "trgt_obs")}
+        if self.loss_weights["novel"]:
             predictions["novel"] = self.forward_model(signal, batch["novel_params"])
-            losses["novel"] = F.mse_loss(observation(predictions["novel"]), batch["novel_obs"])
+            losses["novel"] = mse(observation(predictions["novel"]), batch["novel_obs"], "novel_params", "novel_obs")
         for name, regularizer in self.regularizers.items():
             if self.loss_weights[name]:
                 losses[name] = regularizer(signal, batch, predictions)
 
         losses["loss"] = sum(self.loss_weights[k] * v for k, v in losses.items())
         return losses
+
+    def check_batch(self, batch: Batch) -> None:
+        """Refuse a batch that lacks what the objective reads, naming the keys it has. Without ``novel_obs``
+        the novel term, on which the learned distribution over signals rests (DESIGN.md, Proposition 1),
+        would be lost silently: a model without novel views must say so with ``loss_weights={"novel": 0}``."""
+        required = ["ctxt_obs", "trgt_obs"] + (["novel_obs", "novel_params"] if self.loss_weights["novel"] else [])
+        missing = [k for k in required if k not in batch]
+        if not missing:
+            return
+        hints = [f"{k!r} (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(k, list(batch), 1, cutoff=0.8)) else repr(k) for k in missing]
+        novel = (" (the novel-view term needs them; without novel views, pass loss_weights={'novel': 0.0})"
+                 if {"novel_obs", "novel_params"} & set(missing) else "")
+        raise ValueError(f"the batch has no {', '.join(hints)}{novel}; its keys: {sorted(batch)}")
+
+    def previous_estimate(self, ctxt: Tensor, batch: Batch, noisy: Tensor, t: Tensor, generator: torch.Generator | None) -> dict[str, Tensor]:
+        """The keyword arguments that self-conditioning adds to the denoiser's call (none when it is off):
+        ``previous``, a gradient-free first estimate of the clean target for a ``self_condition`` share of
+        the samples, zeros for the others."""
+        if not self.self_condition:
+            return {}
+        previous = torch.zeros_like(noisy)
+        use = torch.rand(noisy.shape[0], generator=generator, device=noisy.device) < self.self_condition
+        if use.any():
+            with torch.no_grad():
+                first, _ = denoised(self.denoiser(ctxt, batch.get("ctxt_params"), noisy, t, batch.get("trgt_params"), previous=previous))
+                estimate = observation(self.forward_model(first, batch.get("trgt_params"))).to(noisy.dtype)
+            if estimate.shape != noisy.shape:
+                raise ValueError(
+                    f"self-conditioning feeds the rendered target back to the denoiser, but the forward model renders "
+                    f"{tuple(estimate.shape)} for a target of {tuple(noisy.shape)}"
+                )
+            previous = torch.where(use.view(-1, *[1] * (noisy.ndim - 1)), estimate, previous)
+        return {"previous": previous}
 
     def blind_target(self, shape: tuple[int, ...], device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         """What a regressor's denoiser sees instead of a noisy target: zeros at the highest noise level."""
@@ -217,13 +294,20 @@ class DFM(nn.Module):
         """
         options = dict(steps=steps, guidance=guidance, temperature=temperature, eta=sampler_options.get("eta"))
         check_values(options, "", positive=["steps"], non_negative=["temperature", "eta"])
+        if ctxt_obs.shape[0] != shape[0]:
+            raise ValueError(
+                f"ctxt_obs holds {ctxt_obs.shape[0]} contexts but shape asks for {shape[0]} samples; repeat the context "
+                f"(and its params) once per sample, e.g. ctxt_obs.repeat_interleave(n, 0)"
+            )
         device = ctxt_obs.device
         check_precision(precision, device, "precision")
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r}; available: {sorted(SAMPLERS)}")
         if self.deterministic:
+            noisy, t = self.blind_target(shape, device, ctxt_obs.dtype)
+            previous = {"previous": torch.zeros_like(noisy)} if self.self_condition else {}
             with autocast(precision, device):
-                signal = to_fp32(denoised(self.denoiser(ctxt_obs, ctxt_params, *self.blind_target(shape, device, ctxt_obs.dtype), trgt_params))[0])
+                signal = to_fp32(denoised(self.denoiser(ctxt_obs, ctxt_params, noisy, t, trgt_params, **previous))[0])
                 obs = observation(self.forward_model(signal, trgt_params))
             out = Sample(obs.float(), signal)
         else:
@@ -251,8 +335,8 @@ class _Whole:
     def encode_context(self, ctxt_obs: Tensor, ctxt_params: Any, trgt_params: Any) -> Tensor:
         return ctxt_obs
 
-    def denoise(self, context: Tensor, noisy_obs: Tensor, t: Tensor, trgt_params: Any) -> Any:
-        return self.denoiser(context, self.ctxt_params, noisy_obs, t, trgt_params)
+    def denoise(self, context: Tensor, noisy_obs: Tensor, t: Tensor, trgt_params: Any, **previous) -> Any:
+        return self.denoiser(context, self.ctxt_params, noisy_obs, t, trgt_params, **previous)
 
 
 class GuidedX0:
@@ -261,7 +345,7 @@ class GuidedX0:
     The denoiser's context part (:class:`ContextSplit`) is computed here, once for the conditional and
     once for the unconditional branch, and each step runs only its per-step part. Both run at
     ``precision``; the signal (:func:`dfm.precision.to_fp32`) and the clean estimate handed to the
-    sampler are fp32."""
+    sampler are fp32. A self-conditioned denoiser gets each branch's clean estimate of the previous step."""
 
     def __init__(self, model: DFM, ctxt_obs: Tensor, ctxt_params: Any, trgt_params: Any, guidance: float, precision: str = "fp32"):
         self.model, self.trgt_params, self.guidance = model, trgt_params, guidance
@@ -272,17 +356,21 @@ class GuidedX0:
             self.cond = split.encode_context(ctxt_obs, ctxt_params, trgt_params)
             self.uncond = split.encode_context(torch.zeros_like(ctxt_obs), ctxt_params, trgt_params) if guidance != 1.0 else None
         self.signal = None
+        self.previous: dict[str, Tensor] | None = {} if model.self_condition else None  # per branch
 
-    def _observe(self, context: Any, x: Tensor, t: Tensor) -> tuple[Any, Tensor]:
+    def _observe(self, branch: str, context: Any, x: Tensor, t: Tensor) -> tuple[Any, Tensor]:
         t = t.to(x.device).expand(x.shape[0])
+        previous = {} if self.previous is None else {"previous": self.previous.get(branch, torch.zeros_like(x))}
         with self.autocast():
-            signal = to_fp32(denoised(self.denoise(context, x, t, self.trgt_params))[0])
-            obs = observation(self.model.forward_model(signal, self.trgt_params))
-        return signal, obs.float()
+            signal = to_fp32(denoised(self.denoise(context, x, t, self.trgt_params, **previous))[0])
+            obs = observation(self.model.forward_model(signal, self.trgt_params)).float()
+        if self.previous is not None:
+            self.previous[branch] = obs
+        return signal, obs
 
     def __call__(self, x: Tensor, t: Tensor) -> Tensor:
-        self.signal, x0 = self._observe(self.cond, x, t)
+        self.signal, x0 = self._observe("cond", self.cond, x, t)
         if self.uncond is not None:
-            _, x0_uncond = self._observe(self.uncond, x, t)
+            _, x0_uncond = self._observe("uncond", self.uncond, x, t)
             x0 = x0_uncond + self.guidance * (x0 - x0_uncond)
         return x0

@@ -31,9 +31,10 @@ class ObjectiveConfig:
     deterministic: bool = False  # train the same network as a plain regressor (baseline)
     diffusion_steps: int = 1000
     timestep_bias: float = 0.0  # > 0 trains more at high noise: p(t) proportional to (t + 1)^bias
+    self_condition: float = 0.0  # share of samples given the denoiser's own first estimate (dfm.model.DFM); tasks that support it
 
     def __post_init__(self) -> None:
-        check_values(self, "objective", probability=["p_uncond"], non_negative=["timestep_bias"])
+        check_values(self, "objective", probability=["p_uncond", "self_condition"], non_negative=["timestep_bias"])
         check_values(self.loss_weights, "objective.loss_weights", non_negative=list(self.loss_weights))
         if self.diffusion_steps < 2:  # the schedule interpolates between consecutive steps
             raise ValueError(f"objective.diffusion_steps must be >= 2, got {self.diffusion_steps}")
@@ -113,7 +114,7 @@ class Task(ABC):
             regularizers, weights = None, {k: v for k, v in weights.items() if k in ("target", "novel")}
         return DFM(
             denoiser, forward_model, schedule, loss_weights=weights, regularizers=regularizers,
-            p_uncond=o.p_uncond, deterministic=o.deterministic, timestep_bias=o.timestep_bias,
+            p_uncond=o.p_uncond, deterministic=o.deterministic, timestep_bias=o.timestep_bias, self_condition=o.self_condition,
         )
 
     @abstractmethod

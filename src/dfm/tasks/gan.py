@@ -168,18 +168,30 @@ class LatentDenoiser(nn.Module):
     per-pixel outputs are averaged into one latent (every token attends to the whole image, so the
     average is a learned global read-out), plus a learned offset.
 
+    Self-conditioned (``self_conditioned``), it also reads the image of its own previous latent
+    (``previous``, zeros when there is none): inverting a generator in one pass is hard, correcting an
+    estimate by comparing its image with the target is easier (an encoder refined iteratively).
+
     The DiT's output starts at zero, so the offset is the first prediction. It starts at a random
     typical latent (std ``init_std``) rather than at the mean latent 0, because 0 can be a dead point
     of a generator: for the DCGAN every first-layer ReLU is off there, so no gradient would flow.
     """
 
-    def __init__(self, dit: DiT, latent_dim: int, init_std: float = 0.5):
+    def __init__(self, dit: DiT, latent_dim: int, init_std: float = 0.5, self_conditioned: bool = False):
         super().__init__()
-        self.dit = dit
+        self.dit, self.self_conditioned = dit, self_conditioned
         self.offset = nn.Parameter(init_std * torch.randn(latent_dim))
 
-    def forward(self, ctxt_obs: Tensor, ctxt_params, noisy_obs: Tensor, t: Tensor, trgt_params) -> Tensor:
-        return self.dit(torch.cat([ctxt_obs, noisy_obs], dim=1), t).mean(dim=(-2, -1)) + self.offset
+    @staticmethod
+    def in_channels(self_conditioned: bool) -> int:
+        """Context (image and mask), noisy image, and the previous estimate's image if self-conditioned."""
+        return 4 + 3 + 3 * self_conditioned
+
+    def forward(self, ctxt_obs: Tensor, ctxt_params, noisy_obs: Tensor, t: Tensor, trgt_params, previous: Tensor | None = None) -> Tensor:
+        inputs = [ctxt_obs, noisy_obs]
+        if self.self_conditioned:
+            inputs.append(torch.zeros_like(noisy_obs) if previous is None else previous)
+        return self.dit(torch.cat(inputs, dim=1), t).mean(dim=(-2, -1)) + self.offset
 
 
 class GanTask(Task):
@@ -196,9 +208,11 @@ class GanTask(Task):
 
     def build_model(self, training: bool = True) -> DFM:
         m, g, latent_dim = self.cfg.model, self.cfg.generator, self.generator.latent_dim
-        dit = m.build(7, latent_dim)
+        self_conditioned = self.cfg.objective.self_condition > 0
+        denoiser = LatentDenoiser(m.build(LatentDenoiser.in_channels(self_conditioned), latent_dim), latent_dim, g.psi, self_conditioned)
         schedule = NoiseSchedule(self.cfg.objective.diffusion_steps)
-        return self.make_dfm(LatentDenoiser(dit, latent_dim, g.psi), self.observe(self.cfg.resolution), schedule, training=training)
+        weights = self.cfg.objective.loss_weights | ({} if self.cfg.native_view else {"novel": 0.0})  # no novel view without it
+        return self.make_dfm(denoiser, self.observe(self.cfg.resolution), schedule, loss_weights=weights, training=training)
 
     def train_dataset(self) -> Dataset:
         return GeneratedPatches(self.observe(self.cfg.resolution), self.cfg, self.cfg.data_seed, self.cfg.dataset_size)

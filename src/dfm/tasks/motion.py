@@ -152,7 +152,7 @@ class MotionConfig:
     data: MotionDataConfig = field(default_factory=MotionDataConfig)
     model: MotionModelConfig = field(default_factory=MotionModelConfig)
     smoothness_edge_weight: float = 3.0  # gamma in exp(-gamma |grad I|), I in [-1, 1]
-    objective: ObjectiveConfig = field(default_factory=lambda: ObjectiveConfig(loss_weights={"smoothness": 0.03, "multiscale": 1.0}))
+    objective: ObjectiveConfig = field(default_factory=lambda: ObjectiveConfig(loss_weights={"novel": 0.0, "smoothness": 0.03, "multiscale": 1.0}))
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=lambda: SampleConfig(num_samples=8))
     sample_inputs: int = 4  # test-split frames that `dfm sample` / `dfm demo` show

@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -128,10 +128,11 @@ class TrainConfig:
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "mps"
     precision: str = "fp32"  # fp32 | bf16 | fp16 (CUDA only): autocast of the forward pass (dfm.precision)
     progress: bool = True
+    max_minutes: float | None = None  # wall-clock budget: stop with a checkpoint after it (resume continues)
 
     def __post_init__(self) -> None:
         check_values(
-            self, "train", positive=["batch_size", "lr", "keep_checkpoints", "ema_power"],
+            self, "train", positive=["batch_size", "lr", "keep_checkpoints", "ema_power", "max_minutes"],
             non_negative=["steps", "warmup_steps", "weight_decay", "ema_start", "num_workers"], decay=["ema_decay"],
         )
         if self.optimizer not in OPTIMIZERS:
@@ -235,6 +236,17 @@ def _rng_state(device: torch.device) -> dict[str, Tensor | None]:
     return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
 
 
+@dataclass
+class _Progress:
+    """What the loop carries between steps: the loss names, the last saved step, the current log window."""
+
+    saved_step: int | None
+    window_start: float
+    keys: list[str] | None = None
+    window: dict[str, float] = field(default_factory=dict)
+    window_steps: int = 0
+
+
 class Trainer:
     """AdamW + warm-up, gradient clipping, EMA, TensorBoard, previews and atomic checkpoints.
 
@@ -266,7 +278,6 @@ class Trainer:
         device = self.accelerator.device
         if config.device not in ("auto", "cpu") and device.type != config.device:
             raise RuntimeError(f"device {config.device!r} requested, but the available device is {device}")
-        fix_mmap_threshold(config.mmap_threshold_kib)
         self.model = model.to(device)  # the raw module: checkpoints and EMA use it, training the wrapped one
         optimizer = make_optimizer(model.parameters(), config, device.type)
         self.scheduler = LambdaLR(optimizer, lambda step: _lr_factor(step, config))
@@ -455,16 +466,71 @@ class Trainer:
             safe = name.replace("/", "_")
             Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr).save(folder / f"{safe}-step-{step:06d}.png")
 
-    def _reduce(self, losses: Mapping[str, Tensor], keys: list[str], grad_norm: Tensor, stop: bool) -> list[float]:
-        """Loss terms and grad norm averaged over processes, then the stop flag (> 0 if any rank got a signal).
+    def _reduce(self, losses: Mapping[str, Tensor], keys: list[str], grad_norm: Tensor, *flags: bool) -> list[float]:
+        """Loss terms and grad norm averaged over processes, then each flag (> 0 if it is set on any rank).
 
         The one small all-reduce and host sync per step make every rank see the same values, so all of
-        them stop together on a non-finite value or a signal instead of deadlocking in the next collective.
+        them stop together on a non-finite value, a signal or the time limit instead of deadlocking in the
+        next collective.
         """
         device = self.accelerator.device
         terms = [losses[k].detach().float().reshape(1) for k in keys]
-        terms += [grad_norm.detach().float().reshape(1).to(device), torch.tensor([float(stop)], device=device)]
+        terms += [grad_norm.detach().float().reshape(1).to(device), torch.tensor([float(f) for f in flags], device=device)]
         return self.accelerator.reduce(torch.cat(terms), reduction="mean").tolist()
+
+    def _backward(
+        self, batch: Any, generator: torch.Generator, step: int, run: _Progress, stop: list[int], time_up: bool,
+    ) -> tuple[dict[str, float], bool, bool]:
+        """Losses, gradients and their clipped norm for one batch: the named values (averaged over processes)
+        and whether any process got a signal (``stop``, read after the backward pass, so that a signal
+        during it drops this step) or ran out of time. Raises TrainingError on a non-finite value."""
+        cfg = self.config
+        with autocast(cfg.precision, self.accelerator.device):
+            losses = self._train_model(batch, generator=generator)
+        run.keys = run.keys or _loss_keys(losses)
+        self.accelerator.backward(self.scaler.scale(losses["loss"]))
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = self.accelerator.clip_grad_norm_(self._train_model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+        *values, signalled, out_of_time = self._reduce(losses, run.keys, grad_norm, bool(stop), time_up)
+        named = dict(zip([*run.keys, "grad_norm"], values))
+        # under fp16 an overflowing gradient is the scaler's business: it skips the update, lowers the scale
+        checked = run.keys if self.scaler.is_enabled() else named
+        bad = ", ".join(f"{k}={named[k]}" for k in checked if not math.isfinite(named[k]))
+        if bad:
+            last = f"last checkpoint: step {run.saved_step}" if run.saved_step is not None else "no checkpoint yet"
+            raise TrainingError(f"non-finite values at step {step + 1}: {bad} (update not applied, {last})")
+        return named, signalled > 0, out_of_time > 0
+
+    def _update(self) -> float:
+        """Apply the gradients (optimiser, lr schedule, EMA); returns the learning rate the update used."""
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self._ema.update()
+        return lr
+
+    def _record(self, step: int, named: dict[str, float], lr: float, run: _Progress, stats: dict[str, Any],
+                writer: SummaryWriter | None, final: bool) -> None:
+        """After update ``step``: log the window's means, write previews and checkpoints at their cadences
+        (and at the ``final`` step)."""
+        cfg = self.config
+        run.window = {k: run.window.get(k, 0.0) + v for k, v in named.items()}
+        run.window_steps += 1
+        if (cfg.log_every > 0 and step % cfg.log_every == 0) or final:
+            now = time.perf_counter()
+            means = {k: v / run.window_steps for k, v in run.window.items()}
+            stats.update(means)
+            self._log(writer, step, means, lr, run.window_steps / (now - run.window_start))
+            run.window, run.window_steps, run.window_start = {}, 0, now
+        if self.preview is not None and self.is_main and ((cfg.preview_every > 0 and step % cfg.preview_every == 0) or final):
+            self._write_previews(writer, step)
+        if (cfg.checkpoint_every > 0 and step % cfg.checkpoint_every == 0) or final:
+            self._save(step)
+            run.saved_step = step
+            if writer is not None:
+                writer.flush()
 
     def _log(self, writer: SummaryWriter | None, step: int, means: dict[str, float], lr: float, rate: float) -> None:
         if writer is None:
@@ -475,26 +541,34 @@ class Trainer:
         writer.add_scalar("train/steps_per_sec", rate, step)
 
     def fit(self, resume: bool | str | os.PathLike = False) -> dict[str, Any]:
-        """Train until ``config.steps``, holding the run directory's lock (RunInUseError if another training
-        holds it). ``resume=False`` starts a new run and refuses an ``out_dir`` with checkpoints;
-        ``resume=True`` continues from the newest loadable checkpoint in ``out_dir`` (or starts fresh if
-        there is none); a checkpoint path continues from that checkpoint: an older one of this run (the
-        newer ones are renamed ``step-N.abandoned``), or another run's, into an ``out_dir`` without
-        checkpoints. Settings changed since the checkpoint take effect (see ``_restore``).
+        """Train until ``config.steps`` (or ``config.max_minutes``), holding the run directory's lock
+        (RunInUseError if another training holds it). ``resume=False`` starts a new run and refuses an
+        ``out_dir`` with checkpoints; ``resume=True`` continues from the newest loadable checkpoint in
+        ``out_dir`` (or starts fresh if there is none); a checkpoint path continues from that checkpoint: an
+        older one of this run (the newer ones are renamed ``step-N.abandoned``), or another run's, into an
+        ``out_dir`` without checkpoints. Settings changed since the checkpoint take effect (see ``_restore``).
 
-        Returns the final step, wall time, steps/s and the mean of each loss term and the grad norm over the
-        last log window. Raises TrainingError on a non-finite loss or gradient (nothing saved for that step)
-        or non-finite weights at a checkpoint (not saved), and TrainingInterrupted after SIGINT/SIGTERM (the current step saved).
+        Returns the final step, wall time, steps/s, the mean of each loss term and the grad norm over the
+        last log window, and ``stopped`` ("steps", "max_minutes", or "finished before" when a resumed run had
+        nothing left to do). Raises TrainingError on a non-finite loss or gradient (nothing saved for that
+        step) or non-finite weights at a checkpoint (not saved), and TrainingInterrupted after SIGINT/SIGTERM
+        (the current step saved). The global RNG, which a resumed run restores for modules that use it
+        (dropout), is the caller's again afterwards.
         """
-        with self._exclusive():
+        device = self.accelerator.device
+        with self._exclusive(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            fix_mmap_threshold(self.config.mmap_threshold_kib)  # process-wide, and glibc cannot undo it: only while training
             return self._train(self._start(resume))
 
     def _train(self, step: int) -> dict[str, Any]:
-        """The training loop, from ``step``: one training step reads top to bottom in the ``while`` below."""
+        """The training loop, from ``step``: one step is ``_backward``, ``_update`` and ``_record``."""
         cfg, acc = self.config, self.accelerator
-        stats: dict[str, Any] = {"step": step, "seconds": 0.0, "steps_per_sec": 0.0}
+        stats: dict[str, Any] = {"step": step, "seconds": 0.0, "steps_per_sec": 0.0, "stopped": "steps"}
         if step >= cfg.steps:
-            return stats
+            if step > 0:
+                log.warning("%s: training already finished (step %d, train.steps=%d); raise train.steps to train further",
+                            self.out_dir, step, cfg.steps)
+            return stats | {"stopped": "finished before"}
 
         rank, device = acc.process_index, acc.device
         loader = DataLoader(
@@ -506,73 +580,37 @@ class Trainer:
             generator=torch.Generator().manual_seed(_derive_seed(cfg.seed, "workers", rank, step)),
         )
         generator = torch.Generator(device)
-        clip = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
-        first_step, keys = step, None
-        saved_step = step if step > 0 else None  # the step whose checkpoint is on disk
-        window: dict[str, float] = {}  # sums over the steps since the last log
-        window_steps, window_start = 0, time.perf_counter()
-        t_start = window_start
+        first_step, t_start = step, time.perf_counter()
+        run = _Progress(saved_step=step if step > 0 else None, window_start=t_start)
 
         with ExitStack() as stack:
             stop = stack.enter_context(_stop_requests())
-            writer = None
-            if self.is_main:
-                writer = stack.enter_context(SummaryWriter(self.out_dir / "tb", purge_step=step or None))
-            show = cfg.progress and self.is_main
-            bar = stack.enter_context(tqdm(total=cfg.steps, initial=step, disable=not show, dynamic_ncols=True))
+            writer = stack.enter_context(SummaryWriter(self.out_dir / "tb", purge_step=step or None)) if self.is_main else None
+            bar = stack.enter_context(tqdm(total=cfg.steps, initial=step, disable=not (cfg.progress and self.is_main), dynamic_ncols=True))
             batches = iter(loader)
             self._train_model.train()
             self.optimizer.zero_grad(set_to_none=True)
             while step < cfg.steps:
-                batch = send_to_device(next(batches), device, non_blocking=True)
                 generator.manual_seed(_derive_seed(cfg.seed, "loss", rank, step))
-                with autocast(cfg.precision, device):
-                    losses = self._train_model(batch, generator=generator)
-                keys = keys or _loss_keys(losses)
-                acc.backward(self.scaler.scale(losses["loss"]))
-                self.scaler.unscale_(self.optimizer)
-                grad_norm = acc.clip_grad_norm_(self._train_model.parameters(), clip)
-                *values, stop_flag = self._reduce(losses, keys, grad_norm, bool(stop))
-                named = dict(zip([*keys, "grad_norm"], values))
-                # under fp16 an overflowing gradient is the scaler's business: it skips the update, lowers the scale
-                checked = keys if self.scaler.is_enabled() else named
-                bad = ", ".join(f"{k}={named[k]}" for k in checked if not math.isfinite(named[k]))
-                if bad:
-                    last = f"last checkpoint: step {saved_step}" if saved_step is not None else "no checkpoint yet"
-                    raise TrainingError(f"non-finite values at step {step + 1}: {bad} (update not applied, {last})")
-                if stop_flag > 0:  # a signal on some rank: drop this step, save the last completed one
+                time_up = cfg.max_minutes is not None and time.perf_counter() - t_start >= 60 * cfg.max_minutes
+                batch = send_to_device(next(batches), device, non_blocking=True)
+                named, signalled, out_of_time = self._backward(batch, generator, step, run, stop, time_up)
+                if signalled:  # a signal on some rank: drop this step, save the last completed one
                     self.optimizer.zero_grad(set_to_none=True)
-                    if saved_step != step:
+                    if run.saved_step != step:
                         self._save(step)
                     by = signal.Signals(stop[0]).name if stop else "a signal to another process"
                     raise TrainingInterrupted(f"stopped by {by} at step {step}; checkpoint saved in {self.out_dir}")
-                lr = self.optimizer.param_groups[0]["lr"]
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-                self.scheduler.step()
-                self.optimizer.zero_grad(set_to_none=True)
-                self._ema.update()
+                lr = self._update()
                 step += 1
-
-                window = {k: window.get(k, 0.0) + v for k, v in named.items()}
-                window_steps += 1
                 bar.update(1)
                 bar.set_postfix(loss=f"{named['loss']:.4g}", refresh=False)
-                if (cfg.log_every > 0 and step % cfg.log_every == 0) or step == cfg.steps:
-                    now = time.perf_counter()
-                    means = {k: v / window_steps for k, v in window.items()}
-                    stats.update(means)
-                    self._log(writer, step, means, lr, window_steps / (now - window_start))
-                    window, window_steps, window_start = {}, 0, now
-                if self.preview is not None and self.is_main and (
-                    (cfg.preview_every > 0 and step % cfg.preview_every == 0) or step == cfg.steps
-                ):
-                    self._write_previews(writer, step)
-                if (cfg.checkpoint_every > 0 and step % cfg.checkpoint_every == 0) or step == cfg.steps:
-                    self._save(step)
-                    saved_step = step
-                    if writer is not None:
-                        writer.flush()
+                self._record(step, named, lr, run, stats, writer, final=step == cfg.steps or out_of_time)
+                if out_of_time:
+                    log.warning("%s: stopped after train.max_minutes=%s at step %d of %d; resume to continue",
+                                self.out_dir, cfg.max_minutes, step, cfg.steps)
+                    stats["stopped"] = "max_minutes"
+                    break
 
         self._wait_for_everyone()
         seconds = time.perf_counter() - t_start
