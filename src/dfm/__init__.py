@@ -5,6 +5,7 @@ model: ``DFM(denoiser, forward_model)`` is trained on tuples of observations and
 consistent with a context observation.
 """
 
+from dfm.configurable import Configurable
 from dfm.diffusion import NoiseSchedule
 from dfm.forward_models import LinearProjection
 from dfm.model import DFM, Sample, SamplingError
@@ -14,7 +15,7 @@ from dfm.samplers import SAMPLERS, ddim, dpmpp_2m
 from dfm.training import Trainer, TrainConfig, load_checkpoint
 
 __all__ = [
-    "DFM", "Sample", "SamplingError", "NoiseSchedule", "LinearProjection", "ResMLP", "TimestepEmbedding",
+    "DFM", "Configurable", "Sample", "SamplingError", "NoiseSchedule", "LinearProjection", "ResMLP", "TimestepEmbedding",
     "SAMPLERS", "ddim", "dpmpp_2m", "Trainer", "TrainConfig", "load_checkpoint",
 ]
 __version__ = "0.1.0"

@@ -13,6 +13,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from dfm.configurable import Configurable
+
 TIMESTEP_SPACINGS = ("uniform", "karras")
 
 
@@ -33,7 +35,7 @@ def cosine_alphas_cumprod(num_steps: int = 1000, s: float = 0.008, max_beta: flo
     return torch.cumprod(1 - betas, dim=0)
 
 
-class NoiseSchedule(nn.Module):
+class NoiseSchedule(Configurable, nn.Module):
     """A discrete variance-preserving schedule, evaluated at (possibly fractional) timesteps."""
 
     def __init__(self, num_steps: int = 1000, kind: str = "cosine"):

@@ -9,8 +9,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from dfm.configurable import Configurable
 
-class LinearProjection(nn.Module):
+
+class LinearProjection(Configurable, nn.Module):
     """Observe a vector signal through a per-example matrix: ``O = A S`` (params ``A``: ``(B, M, D)``)."""
 
     def forward(self, signal: Tensor, params: Tensor) -> Tensor:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+from pathlib import Path
 from typing import Any, Callable, Mapping, NamedTuple, Protocol, runtime_checkable
 
 import torch
@@ -193,6 +194,19 @@ class DFM(nn.Module):
         self.deterministic = deterministic
         self.timestep_bias = timestep_bias
         self.self_condition = self_condition
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Save the configuration (parts by import path, their arguments; see ``dfm.saving``) and weights."""
+        from dfm.saving import save_pretrained
+
+        return save_pretrained(self, directory)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, **overrides) -> DFM:
+        """Load a model saved by :meth:`save_pretrained`, or a run/checkpoint of one (``dfm.saving``)."""
+        from dfm.saving import from_pretrained
+
+        return from_pretrained(path, **overrides)
 
     def forward(self, batch: Batch, generator: torch.Generator | None = None) -> dict[str, Tensor]:
         """The training objective: a dict of named losses, with their weighted sum under ``loss``."""

@@ -236,6 +236,17 @@ def _rng_state(device: torch.device) -> dict[str, Tensor | None]:
     return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
 
 
+def _model_config(model: nn.Module) -> dict[str, Any]:
+    """What ``DFM.from_pretrained`` rebuilds a model of Configurable parts from (``dfm.saving``); nothing for
+    other models."""
+    from dfm.saving import KEY, model_spec
+
+    try:
+        return {KEY: model_spec(model)}
+    except (TypeError, AttributeError):  # not a DFM, or parts that do not record their arguments
+        return {}
+
+
 @dataclass
 class _Progress:
     """What the loop carries between steps: the loss names, the last saved step, the current log window."""
@@ -266,7 +277,7 @@ class Trainer:
     ):
         self.config, self.dataset, self.preview = config, dataset, preview
         self.out_dir = Path(out_dir)
-        self.run_config = dict(run_config or {})
+        self.run_config = dict(run_config or {}) or _model_config(model)
         json.dumps(self.run_config)  # fail now rather than at the first checkpoint
 
         # Without cpu=True, accelerate ignores torchrun's environment on a machine with no GPU and runs N
